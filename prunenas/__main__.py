@@ -1,0 +1,5 @@
+import sys
+
+from prunenas.cli import main
+
+sys.exit(main())

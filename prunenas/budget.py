@@ -1,0 +1,168 @@
+"""Budgets of the paper's comparison (Liu et al., ICLR 2019): the uniform-width twin at the same cost,
+and the Scratch-E / Scratch-B training epochs.
+
+* :func:`uniform_twin` — base widths x one multiplier, applied to every slot (residual-tied ones
+  included), rounded and clamped by the space, solved so its MACs (or params) match a target within
+  +-1%. This is the control every proposal is compared with. Small networks move in coarse steps when
+  all widths round together, so the last step rounds up the ``k`` slots whose remainders are largest
+  (each width stays within one rounding unit of base x multiplier).
+* :func:`scratch_epochs` — Scratch-E trains for the base schedule; Scratch-B for the same compute:
+  ``int(base_epochs x MACs(base) / MACs(arch))`` (optionally capped, the paper caps at 2x on ImageNet),
+  with the learning-rate milestones scaled by the same factor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from prunenas.arch import Architecture
+from prunenas.cost import count
+from prunenas.errors import BudgetError
+from prunenas.spaces import Space
+
+Match = Literal["macs", "params"]
+TOLERANCE = 0.01
+REFINE_STEPS = 24
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A uniform-width architecture and how well it hits the target."""
+
+    arch: Architecture
+    multiplier: float
+    target: int
+    achieved: int
+    match: Match
+
+    @property
+    def error(self) -> float:
+        """Relative error ``achieved / target - 1``."""
+        return self.achieved / self.target - 1
+
+    @property
+    def within_tolerance(self) -> bool:
+        return abs(self.error) <= TOLERANCE
+
+
+def cost_of(arch: Architecture, match: Match) -> int:
+    if match not in ("macs", "params"):
+        raise BudgetError(f"match {match!r} must be 'macs' or 'params'")
+    return getattr(count(arch), match)
+
+
+def uniform_widths(space: Space, multiplier: float, round_up: int | None = None) -> tuple[int, ...]:
+    """Every base width times ``multiplier``, rounded and clamped by the space.
+
+    ``round_up=None`` rounds to nearest; ``round_up=k`` rounds down all but the ``k`` slots with the largest
+    remainders (ties: earlier slots first), which are rounded up.
+    """
+    if round_up is None:
+        return space.round_widths([b * multiplier for b in space.upper])
+    unit = space.multiple_of
+    exact = [b * multiplier / unit for b in space.upper]
+    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - math.floor(exact[i])), i))
+    up = set(order[:round_up])
+    return tuple(space.round_width(i, (math.floor(x) + (i in up)) * unit) for i, x in enumerate(exact))
+
+
+def uniform_twin(space: Space, target: int, match: Match = "macs", iterations: int = 60) -> Twin:
+    """The uniform architecture whose cost is closest to ``target`` (MACs or params).
+
+    Cost is a non-decreasing step function of the multiplier; bisection finds the step that crosses the
+    target, then a second bisection over how many slots round up refines it. The closest candidate is
+    returned; ``Twin.within_tolerance`` says whether it is within +-1%.
+    """
+    if target <= 0:
+        raise BudgetError(f"target {match} {target} must be positive")
+    lo, hi = 0.0, 1.0
+    if _twin(space, hi, None, target, match).achieved <= target:
+        return _twin(space, hi, None, target, match)
+    if _twin(space, lo, None, target, match).achieved >= target:
+        return _twin(space, lo, None, target, match)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if _twin(space, mid, None, target, match).achieved < target:
+            lo = mid
+        else:
+            hi = mid
+    candidates = [_twin(space, lo, None, target, match), _twin(space, hi, None, target, match)]
+    if not any(t.within_tolerance for t in candidates):
+        for j in range(REFINE_STEPS + 1):  # floor/ceil patterns of multipliers around the crossing
+            candidates += _refine_rounding(space, lo * (0.85 + 0.15 * j / REFINE_STEPS), target, match)
+    return min(candidates, key=lambda t: (abs(t.error), t.multiplier))
+
+
+def _refine_rounding(space: Space, multiplier: float, target: int, match: Match) -> list[Twin]:
+    """Bisect the number of rounded-up slots at ``multiplier``: cost is non-decreasing in it."""
+    k_lo, k_hi = 0, len(space.upper)
+    if _twin(space, multiplier, k_hi, target, match).achieved < target:
+        return [_twin(space, multiplier, k_hi, target, match)]
+    while k_hi - k_lo > 1:
+        mid = (k_lo + k_hi) // 2
+        if _twin(space, multiplier, mid, target, match).achieved < target:
+            k_lo = mid
+        else:
+            k_hi = mid
+    return [_twin(space, multiplier, k, target, match) for k in (k_lo, k_hi)]
+
+
+def _twin(space: Space, multiplier: float, round_up: int | None, target: int, match: Match) -> Twin:
+    arch = space.arch(uniform_widths(space, multiplier, round_up))
+    return Twin(arch, multiplier, target, cost_of(arch, match), match)
+
+
+def target_from_ratio(space: Space, ratio: float, match: Match = "macs") -> int:
+    """Absolute cost target for a fraction ``ratio`` in (0, 1] of the base network's cost."""
+    if not 0 < ratio <= 1:
+        raise BudgetError(f"ratio {ratio} must be in (0, 1]")
+    return max(1, round(ratio * cost_of(space.base, match)))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Training length and learning-rate milestones (epochs)."""
+
+    epochs: int
+    milestones: tuple[int, ...]
+
+
+def scratch_epochs(
+    mode: str,
+    base_epochs: int,
+    base_macs: int,
+    arch_macs: int,
+    cap: float | None = None,
+    base_milestones: Sequence[int] = (),
+) -> Schedule:
+    """Scratch-E or Scratch-B schedule (Liu et al., ICLR 2019, §4).
+
+    Args:
+        mode: ``"E"``/``"scratch-e"`` (same epochs) or ``"B"``/``"scratch-b"`` (same compute).
+        base_epochs, base_milestones: the unpruned model's schedule.
+        base_macs, arch_macs: MACs of the unpruned and the trained network.
+        cap: largest epoch multiplier for Scratch-B (the paper uses 2 on ImageNet, none on CIFAR).
+
+    Returns:
+        ``int(base_epochs x min(ratio, cap))`` epochs for B, milestones ``int(m x epochs / base_epochs)``.
+    """
+    kind = mode.upper().removeprefix("SCRATCH-")
+    if kind not in ("E", "B"):
+        raise BudgetError(f"budget {mode!r} must be scratch-e or scratch-b")
+    if base_epochs < 1 or base_macs <= 0 or arch_macs <= 0:
+        raise BudgetError("base_epochs, base_macs and arch_macs must be positive")
+    if kind == "E":
+        return Schedule(base_epochs, tuple(base_milestones))
+    factor = base_macs / arch_macs
+    if cap is not None:
+        factor = min(factor, cap)
+    epochs = max(1, int(base_epochs * factor))
+    return Schedule(epochs, scale_milestones(base_milestones, base_epochs, epochs))
+
+
+def scale_milestones(milestones: Sequence[int], base_epochs: int, epochs: int) -> tuple[int, ...]:
+    """Learning-rate milestones of a ``base_epochs`` schedule stretched to ``epochs`` (seed: ``int(m*E/E0)``)."""
+    return tuple(int(m * epochs / base_epochs) for m in milestones)

@@ -1,0 +1,179 @@
+"""Command line: ``prunenas COMMAND OBJECT [flags]``. Bad input prints one line and exits with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from prunenas.arch import Architecture, load_architecture
+from prunenas.budget import scratch_epochs, target_from_ratio, uniform_twin
+from prunenas.cost import count, format_macs, thop_macs
+from prunenas.errors import PrunenasError
+from prunenas.recipes import RECIPES
+from prunenas.spaces import Space, load_space, space_names
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except PrunenasError as err:
+        print(f"prunenas: error: {err}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="prunenas", description="Network pruning as neural architecture search.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("spaces", help="list the built-in search spaces with their base MACs and params")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_spaces)
+
+    p = sub.add_parser("info", help="slots, widths, MACs, params and Scratch-E/B epochs of a space or arch")
+    p.add_argument("target", help="space name, space YAML or architecture JSON")
+    p.add_argument("--preset", help="a named architecture of the space (e.g. A, B)")
+    p.add_argument("--recipe", help="base recipe for the Scratch-B epochs (default: the space's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("uniform", help="the uniform-width twin at a cost target")
+    p.add_argument("target", help="space name, space YAML or architecture JSON")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--macs", type=int, help="absolute target (MACs, or params with --match params)")
+    goal.add_argument("--ratio", type=float, help="fraction of the base network's cost, in (0, 1]")
+    p.add_argument("--match", choices=("macs", "params"), default="macs")
+    p.add_argument("--out", help="write the twin's architecture JSON here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_uniform)
+    return parser
+
+
+# -- commands -------------------------------------------------------------------------------------------
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    rows = []
+    for name in space_names():
+        space = load_space(name)
+        cost = count(space.base)
+        rows.append({"space": name, "family": space.family, "dataset": space.dataset,
+                     "slots": len(space.slots), "macs": cost.macs, "params": cost.params,
+                     "presets": sorted(space.presets)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'space':26} {'family':13} {'dataset':14} {'slots':>5} {'MACs':>9} {'params':>9}  presets")
+    for r in rows:
+        print(f"{r['space']:26} {r['family']:13} {r['dataset']:14} {r['slots']:5d} {format_macs(r['macs']):>9} "
+              f"{format_macs(r['params']):>9}  {','.join(r['presets'])}")
+    print("MACs: multiply-accumulates of conv+linear layers per image (FLOPs = 2 x MACs).")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    space, arch = resolve(args.target, args.preset)
+    info = describe(space, arch, args.recipe or space.recipe)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print_info(info)
+    return 0
+
+
+def cmd_uniform(args: argparse.Namespace) -> int:
+    space, arch = resolve(args.target, None)
+    if args.ratio is not None:
+        target = target_from_ratio(space, args.ratio, args.match)
+    elif args.macs is not None and args.macs > 0:
+        target = args.macs
+    else:
+        raise PrunenasError(f"--macs {args.macs} must be a positive integer")
+    twin = uniform_twin(space, target, args.match)
+    cost = count(twin.arch)
+    result = {"space": space.name, "match": args.match, "target": target, "achieved": twin.achieved,
+              "error": round(twin.error, 6), "within_tolerance": twin.within_tolerance,
+              "multiplier": round(twin.multiplier, 6), "widths": list(twin.arch.widths),
+              "macs": cost.macs, "params": cost.params, "digest": twin.arch.digest()}
+    if args.out:
+        twin.arch.save(args.out, meta={"space": space.name, "uniform_multiplier": twin.multiplier})
+        result["written"] = args.out
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"uniform twin of {space.name} at {args.match} {target:,}: multiplier {twin.multiplier:.4f}, "
+              f"achieved {twin.achieved:,} ({twin.error:+.2%})")
+        print(f"widths {list(twin.arch.widths)}")
+        print(f"MACs {cost.macs:,} ({format_macs(cost.macs)}), params {cost.params:,}")
+    if not twin.within_tolerance:
+        print(f"prunenas: warning: closest achievable is {twin.error:+.2%} from the target", file=sys.stderr)
+    return 0
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+def resolve(target: str, preset: str | None) -> tuple[Space, Architecture]:
+    """A space (by name/YAML) or an architecture JSON -> (space, architecture to describe)."""
+    if target.endswith(".json"):
+        if preset:
+            raise PrunenasError("--preset applies to spaces, not to architecture files")
+        arch = load_architecture(target)
+        return Space.from_architecture(arch, name=target), arch
+    space = load_space(target)
+    return space, space.preset(preset) if preset else space.base
+
+
+def describe(space: Space, arch: Architecture, recipe_name: str) -> dict[str, Any]:
+    cost, base_cost = count(arch), count(space.base)
+    recipe = RECIPES.get(recipe_name)
+    budgets = {mode: scratch_epochs(mode, recipe.epochs, base_cost.macs, cost.macs, space.scratch_b_cap,
+                                    recipe.milestones) for mode in ("scratch-e", "scratch-b")}
+    return {
+        "space": space.name,
+        "family": arch.family,
+        "options": arch.opts,
+        "input_shape": list(arch.input_shape),
+        "num_classes": arch.num_classes,
+        "slots": [{"name": s.name, "base": s.base, "width": w, "stage": s.stage, "tied": s.tied,
+                   "removable": s.removable} for s, w in zip(arch.slots, arch.widths)],
+        "widths": list(arch.widths),
+        "macs": cost.macs,
+        "flops": cost.flops,
+        "params": cost.params,
+        "macs_ratio": cost.macs / base_cost.macs,
+        "params_ratio": cost.params / base_cost.params,
+        "thop_macs_with_bn": thop_macs(arch),
+        "digest": arch.digest(),
+        "recipe": recipe_name,
+        "epochs": {mode: {"epochs": s.epochs, "milestones": list(s.milestones)} for mode, s in budgets.items()},
+    }
+
+
+def print_info(info: dict[str, Any]) -> None:
+    opts = ", ".join(f"{k}={v}" for k, v in info["options"].items())
+    print(f"{info['space']}: {info['family']}({opts}), input {info['input_shape']}, {info['num_classes']} classes")
+    print(f"{'#':>3} {'slot':28} {'width':>6} {'base':>6} {'stage':>5}  kind")
+    for i, s in enumerate(info["slots"]):
+        kind = "residual-tied" if s["tied"] else "removable" if s["removable"] else ""
+        print(f"{i:3d} {s['name']:28} {s['width']:6d} {s['base']:6d} {s['stage']:5d}  {kind}")
+    print(f"MACs   {info['macs']:,} ({format_macs(info['macs'])}; {info['macs_ratio']:.1%} of base; "
+          f"FLOPs = 2 x MACs = {format_macs(info['flops'])})")
+    print(f"params {info['params']:,} ({info['params_ratio']:.1%} of base)")
+    print(f"thop's own count (adds BatchNorm and pooling): {info['thop_macs_with_bn']:,}")
+    e, b = info["epochs"]["scratch-e"], info["epochs"]["scratch-b"]
+    print(f"recipe {info['recipe']}: Scratch-E {e['epochs']} epochs (milestones {e['milestones']}), "
+          f"Scratch-B {b['epochs']} epochs (milestones {b['milestones']})")
+    print(f"digest {info['digest']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""MACs and parameters of an Architecture, computed analytically from its widths.
+
+Convention: MACs = multiply-accumulates of convolution and linear layers for one image (batch 1), the
+unit of torchvision's model cards and of most pruning papers; FLOPs = 2 x MACs, always labelled.
+BatchNorm, activations, pooling and residual additions are not counted. Parameters are exact integer
+counts of all trainable tensors (conv/linear weights and biases, BN weights and biases).
+
+For masked (unstructured) architectures, a masked layer counts its non-zero weights: MACs = non-zero
+weights x output positions and params = non-zero weights (+ bias).
+
+The tests prove these numbers equal to thop (with BN/activation counting switched off) and to
+``torch.utils.flop_counter.FlopCounterMode`` / 2 on every family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from prunenas.arch import Architecture
+from prunenas.families.base import Layer
+
+
+@dataclass(frozen=True)
+class Cost:
+    """MACs (batch 1) and trainable parameters of one network."""
+
+    macs: int
+    params: int
+
+    @property
+    def flops(self) -> int:
+        """FLOPs = 2 x MACs."""
+        return 2 * self.macs
+
+
+def weight_count(layer: Layer) -> int:
+    """Elements of the layer's weight tensor (batch norm: its scale vector)."""
+    if layer.kind == "conv":
+        return layer.out_channels * (layer.in_channels // layer.groups) * layer.kernel**2
+    if layer.kind == "linear":
+        return layer.out_channels * layer.in_channels
+    return layer.out_channels
+
+
+def layer_macs(layer: Layer, nonzero: int | None = None) -> int:
+    """MACs of one layer for one image; ``nonzero`` = non-zero weights of a masked layer."""
+    weights = weight_count(layer) if nonzero is None else nonzero
+    if layer.kind == "conv":
+        return weights * layer.out_hw[0] * layer.out_hw[1]
+    if layer.kind == "linear":
+        return weights
+    return 0
+
+
+def layer_params(layer: Layer, nonzero: int | None = None) -> int:
+    """Trainable parameters of one layer; ``nonzero`` replaces the weight count of a masked layer."""
+    weights = weight_count(layer) if nonzero is None else nonzero
+    if layer.kind == "bn":
+        return 2 * layer.out_channels
+    return weights + (layer.out_channels if layer.bias else 0)
+
+
+def count(arch: Architecture) -> Cost:
+    """MACs and params of ``arch`` (cached: the architecture is immutable)."""
+    return _count(arch)
+
+
+@lru_cache(maxsize=65536)
+def _count(arch: Architecture) -> Cost:
+    nonzero = mask_nonzeros(arch)
+    macs = sum(layer_macs(layer, nonzero.get(layer.name)) for layer in arch.layers)
+    params = sum(layer_params(layer, nonzero.get(layer.name)) for layer in arch.layers)
+    return Cost(macs, params)
+
+
+def macs(arch: Architecture) -> int:
+    return count(arch).macs
+
+
+def params(arch: Architecture) -> int:
+    return count(arch).params
+
+
+def mask_nonzeros(arch: Architecture) -> dict[str, int]:
+    """Non-zero weights per masked layer (empty for dense architectures)."""
+    if arch.masks is None:
+        return {}
+    return _mask_nonzeros(arch.masks.path, arch.masks.sha256)
+
+
+@lru_cache(maxsize=256)
+def _mask_nonzeros(path: str, sha256: str) -> dict[str, int]:
+    from prunenas.arch import MaskRef
+
+    return {name: int(mask.sum()) for name, mask in MaskRef(path, sha256).load().items()}
+
+
+def format_macs(value: int) -> str:
+    """Human-readable MAC count, e.g. ``125.5M``."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return str(value)
+
+
+def thop_macs(arch: Architecture, count_norm: bool = True) -> int:
+    """thop's MAC count of ``arch`` at batch 1, for comparison with papers that used thop.
+
+    ``count_norm=True`` is thop's own default (it adds BatchNorm and pooling "ops"); ``False`` switches
+    every non-conv/linear rule off, which must equal :func:`macs`. thop registers buffers on the modules it
+    profiles, so it always runs on a freshly built throw-away model.
+    """
+    import thop
+    import torch
+    from torch import nn
+
+    model = arch.build().eval()
+    custom = {}
+    if not count_norm:
+        # thop hooks by type and stops descending at a hooked module: silence only types that are
+        # leaves wherever they occur (a removed residual block is a leaf of a type that is also a container).
+        containers = {type(m) for m in model.modules() if any(m.children())}
+        custom = {type(m): _count_nothing for m in model.modules()
+                  if type(m) not in containers and not isinstance(m, (nn.Conv2d, nn.Linear))}
+    with torch.no_grad():
+        total, _ = thop.profile(model, inputs=(torch.zeros(1, *arch.input_shape),), custom_ops=custom,
+                                verbose=False)
+    return int(total)
+
+
+def _count_nothing(module, inputs, output) -> None:
+    module.total_ops += 0

@@ -1,0 +1,164 @@
+"""What a network family is: slots (groups of channels that share one width), an analytic list of its
+layers, and a builder.
+
+A family describes one network design whose per-slot widths are free. It answers three questions from
+an :class:`~prunenas.arch.Architecture` alone, without building a model:
+
+* ``slots(options)``: the width slots, in canonical order, with base widths, stage and tie/removal facts;
+* ``layers(arch)``: every conv / linear / batch-norm module of the built network, with its module path,
+  the slots it reads and writes, and its geometry. The MAC/param counter (:mod:`prunenas.cost`), the
+  proposers (channel scores) and weight inheritance (tensor slicing) all work from this list, so none of
+  them needs to know the family;
+* ``build(arch)``: the ``nn.Module``, whose modules sit at exactly the paths ``layers`` names.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from prunenas.errors import ArchitectureError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from prunenas.arch import Architecture
+
+INPUT = -1
+"""Pseudo-slot of the network input (the image channels)."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """A family option (depth, head variant, ...): its default and what is allowed."""
+
+    default: Any
+    choices: tuple[Any, ...] | None = None
+    kind: type = int
+    help: str = ""
+
+    def check(self, family: str, name: str, value: Any) -> Any:
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.kind) or (self.kind is int and isinstance(value, bool)):
+            raise ArchitectureError(
+                f"family {family!r} option {name!r}: {value!r} is not a {self.kind.__name__}"
+            )
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(map(str, self.choices))
+            raise ArchitectureError(f"family {family!r} option {name!r}: {value!r} not in {{{allowed}}}")
+        return value
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A group of channels that must keep the same count.
+
+    Attributes:
+        name: readable name, e.g. ``"stage2.block3.inner"``.
+        base: width of the unpruned network.
+        stage: index of the feature-map stage (layers sharing a spatial size), used by guided design.
+        tied: channels joined by residual connections and produced by several layers.
+        block: id of the removable residual block this slot belongs to (``None``: not removable). All
+            slots of a removable block go to 0 together, which turns the block into the identity.
+    """
+
+    name: str
+    base: int
+    stage: int
+    tied: bool = False
+    block: int | None = None
+
+    @property
+    def removable(self) -> bool:
+        return self.block is not None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A conv, linear or batch-norm module of a built network, described analytically.
+
+    Attributes:
+        name: module path in the built network (``model.get_submodule(name)``).
+        kind: ``"conv"``, ``"linear"`` or ``"bn"``.
+        inputs: slots whose channels, concatenated in this order, feed the layer (``INPUT``: image).
+        output: slot this layer produces; ``None`` for fixed outputs (classes) and for batch norm, whose
+            channels are its ``inputs``.
+        in_channels, out_channels: channel counts (features for linear layers).
+        kernel, stride, groups, bias: conv geometry; ``groups == in_channels`` marks a depthwise conv.
+        out_hw: output spatial size (conv) — the MAC count of a conv is per output position.
+        in_repeat: inputs per channel of a linear layer after a flatten (``h*w``), else 1.
+    """
+
+    name: str
+    kind: Literal["conv", "linear", "bn"]
+    inputs: tuple[int, ...]
+    output: int | None
+    in_channels: int
+    out_channels: int
+    kernel: int = 1
+    stride: int = 1
+    groups: int = 1
+    bias: bool = False
+    out_hw: tuple[int, int] = (1, 1)
+    in_repeat: int = 1
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        if self.kind == "conv":
+            return (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel)
+        if self.kind == "linear":
+            return (self.out_channels, self.in_channels)
+        return (self.out_channels,)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels
+
+
+class Family(ABC):
+    """Base class of a network family. Subclasses set ``name``/``options`` and implement the three methods.
+
+    Families are registered with :func:`prunenas.families.register_family` and looked up by name.
+    """
+
+    name: ClassVar[str] = ""
+    options: ClassVar[Mapping[str, Option]] = {}
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def slots(self, options: Mapping[str, Any]) -> tuple[Slot, ...]:
+        """The width slots for these (normalised) options, in canonical order."""
+
+    @abstractmethod
+    def layers(self, arch: Architecture) -> list[Layer]:
+        """Every conv/linear/bn module of ``arch.build()``, in module order."""
+
+    @abstractmethod
+    def build(self, arch: Architecture) -> nn.Module:
+        """The network with exactly ``arch.widths`` channels per slot, freshly initialised."""
+
+    def check(self, arch: Architecture) -> None:  # noqa: B027 (optional hook)
+        """Family-specific width rules beyond count/bounds (override to add some)."""
+
+    # -- shared -------------------------------------------------------------------------------------
+    def normalize_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Fill defaults and validate; unknown options name the allowed ones."""
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            raise ArchitectureError(
+                f"family {self.name!r} has no option {unknown[0]!r}; options: {', '.join(self.options)}"
+            )
+        out = {k: spec.default for k, spec in self.options.items()}
+        for key, value in given.items():
+            out[key] = self.options[key].check(self.name, key, value)
+        self.check_options(out)
+        return out
+
+    def check_options(self, options: Mapping[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Cross-option rules (override), e.g. a depth that must be 6n+2."""
+
+    def base_widths(self, options: Mapping[str, Any]) -> tuple[int, ...]:
+        return tuple(s.base for s in self.slots(options))

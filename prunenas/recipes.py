@@ -1,0 +1,40 @@
+"""Named training recipes (the paper's CIFAR and ImageNet schedules, and a CPU-sized one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from prunenas.budget import scale_milestones
+from prunenas.registry import Registry
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimiser and schedule of a training run (SGD with momentum).
+
+    ``schedule``: ``step`` (lr x ``gamma`` at each milestone epoch, the paper's), ``cosine`` or ``onecycle``.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str = "step"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    augment: bool = True
+
+    def with_epochs(self, epochs: int) -> Recipe:
+        """The same recipe stretched to ``epochs``, milestones scaled (the Scratch-B rule)."""
+        return replace(self, epochs=epochs, milestones=scale_milestones(self.milestones, self.epochs, epochs))
+
+
+RECIPES: Registry[Recipe] = Registry("recipe")
+RECIPES.register("cifar-paper", Recipe(epochs=160, batch_size=64, lr=0.1, weight_decay=1e-4, milestones=(80, 120)))
+RECIPES.register("imagenet-paper", Recipe(epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, milestones=(30, 60)))
+RECIPES.register("cifar-finetune", Recipe(epochs=40, batch_size=64, lr=0.001, weight_decay=1e-4, schedule="constant"))
+RECIPES.register("fast", Recipe(epochs=8, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4,
+                                schedule="onecycle", label_smoothing=0.1))

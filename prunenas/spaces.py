@@ -1,0 +1,165 @@
+"""Search spaces: a family + options + dataset shape, per-slot bounds, width rounding, budget settings.
+
+Spaces are YAML files in ``search_spaces/`` (installed with the package), loaded by name
+(``resnet56-cifar10``) or by path. Keys:
+
+``family``, ``options``, ``dataset``, ``input_shape`` [C, H, W], ``num_classes`` — the network;
+``multiple_of`` (width rounding, default 1), ``min_width`` (default 1) and ``min_ratio`` (default 0) —
+each slot's lower bound is ``max(min_width, ceil(min_ratio * base))``, its upper bound is the base width;
+``recipe`` (the base training recipe), ``scratch_b_cap`` (cap on the Scratch-B epoch multiplier, e.g. 2 on
+ImageNet; none on CIFAR), ``presets`` (named architectures computed from rules, see :mod:`prunenas.presets`)
+and a ``description``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prunenas.arch import Architecture
+from prunenas.errors import PrunenasError, SpaceError
+
+_KEYS = {"description", "family", "options", "dataset", "input_shape", "num_classes", "multiple_of",
+         "min_width", "min_ratio", "recipe", "scratch_b_cap", "presets"}
+
+
+@dataclass(frozen=True)
+class Space:
+    """A searchable family of architectures (see the module docstring for the fields)."""
+
+    name: str
+    family: str
+    options: Mapping[str, Any]
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    dataset: str = "synthetic"
+    multiple_of: int = 1
+    min_width: int = 1
+    min_ratio: float = 0.0
+    recipe: str = "fast"
+    scratch_b_cap: float | None = None
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    description: str = ""
+
+    @cached_property
+    def base(self) -> Architecture:
+        """The unpruned network of this space."""
+        return Architecture.create(self.family, None, self.options, self.input_shape, self.num_classes)
+
+    @property
+    def slots(self):
+        return self.base.slots
+
+    @property
+    def upper(self) -> tuple[int, ...]:
+        return self.base.widths
+
+    @cached_property
+    def lower(self) -> tuple[int, ...]:
+        """Smallest width per slot (for removable slots: the smallest width when the block is kept)."""
+        return tuple(min(b, max(self.min_width, math.ceil(self.min_ratio * b))) for b in self.upper)
+
+    def arch(self, widths: Sequence[int]) -> Architecture:
+        """An architecture of this space with these widths (validated)."""
+        return self.base.with_widths(widths)
+
+    def round_width(self, slot: int, width: float) -> int:
+        """Round to the space's multiple and clamp into the slot's bounds."""
+        rounded = int(round(width / self.multiple_of)) * self.multiple_of
+        return min(self.upper[slot], max(self.lower[slot], rounded))
+
+    def round_widths(self, widths: Sequence[float]) -> tuple[int, ...]:
+        return tuple(self.round_width(i, w) for i, w in enumerate(widths))
+
+    def preset(self, name: str) -> Architecture:
+        """A named architecture of this space (e.g. the L1-norm paper's ``A``/``B``)."""
+        from prunenas.presets import preset_widths
+
+        if name not in self.presets:
+            raise SpaceError(f"space {self.name!r} has no preset {name!r}; presets: "
+                             f"{', '.join(self.presets) or '(none)'}")
+        return self.arch(preset_widths(self, self.presets[name]))
+
+    @classmethod
+    def from_architecture(cls, arch: Architecture, name: str = "") -> Space:
+        """The space of ``arch``'s family and options (default bounds and rounding)."""
+        return cls(name or f"{arch.family}-{arch.digest()}", arch.family, arch.opts, arch.input_shape,
+                   arch.num_classes)
+
+
+def spaces_dir() -> Path:
+    """Folder of the built-in spaces: inside the installed package, else the source checkout's."""
+    packaged = Path(__file__).parent / "search_spaces"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "search_spaces"
+
+
+def space_names() -> list[str]:
+    return sorted(p.stem for p in spaces_dir().glob("*.yaml"))
+
+
+def load_space(name_or_path: str | os.PathLike) -> Space:
+    """Load a space by built-in name or YAML path; errors list the built-in names."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or os.sep in text):
+        path = spaces_dir() / f"{text}.yaml"
+        if not path.exists():
+            raise SpaceError(f"unknown space {text!r}; built-in spaces: {', '.join(space_names())}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise SpaceError(f"cannot read space file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise SpaceError(f"{path} is not valid YAML: {err}") from None
+    return space_from_dict(path.stem, data, source=str(path))
+
+
+def space_from_dict(name: str, data: Any, source: str = "") -> Space:
+    where = source or name
+    if not isinstance(data, dict):
+        raise SpaceError(f"{where}: a space is a YAML mapping with keys {', '.join(sorted(_KEYS))}")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise SpaceError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_KEYS))}")
+    for key in ("family", "input_shape", "num_classes"):
+        if key not in data:
+            raise SpaceError(f"{where}: missing key {key!r}")
+    try:
+        space = Space(
+            name=name,
+            family=data["family"],
+            options=dict(data.get("options") or {}),
+            input_shape=tuple(data["input_shape"]),  # type: ignore[arg-type]
+            num_classes=data["num_classes"],
+            dataset=data.get("dataset", "synthetic"),
+            multiple_of=_positive_int(data.get("multiple_of", 1), "multiple_of", where),
+            min_width=_positive_int(data.get("min_width", 1), "min_width", where),
+            min_ratio=float(data.get("min_ratio", 0.0)),
+            recipe=data.get("recipe", "fast"),
+            scratch_b_cap=data.get("scratch_b_cap"),
+            presets=dict(data.get("presets") or {}),
+            description=data.get("description", ""),
+        )
+        space.base  # validates family, options, shape  # noqa: B018
+        for preset in space.presets:
+            space.preset(preset)
+    except SpaceError:
+        raise
+    except (PrunenasError, TypeError, ValueError) as err:
+        raise SpaceError(f"{where}: {err}") from None
+    if not 0 <= space.min_ratio <= 1:
+        raise SpaceError(f"{where}: min_ratio {space.min_ratio} must be in [0, 1]")
+    return space
+
+
+def _positive_int(value: Any, key: str, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SpaceError(f"{where}: {key} {value!r} must be a positive integer")
+    return value

@@ -1,0 +1,57 @@
+import random
+
+import pytest
+import torch
+
+from prunenas.arch import Architecture
+from prunenas.errors import ArchitectureError
+
+# (family, options, input shape, classes): every family and option variant, at test-friendly sizes.
+# ImageNet-size families run at 64x64 here (forward/backward); their MACs are also checked at 224.
+FAMILY_CASES = [
+    ("tiny", {}, (3, 16, 16), 4),
+    ("tiny", {"blocks": 0}, (1, 8, 8), 3),
+    ("vgg", {"depth": 11, "width_mult": 0.25}, (1, 32, 32), 10),
+    ("vgg", {"depth": 16, "head": "mlp", "width_mult": 0.25}, (3, 32, 32), 10),
+    ("vgg", {"depth": 19, "width_mult": 0.25}, (3, 32, 32), 100),
+    ("vgg", {"depth": 13, "head": "imagenet", "conv_bias": True, "batch_norm": False, "width_mult": 0.125},
+     (3, 64, 64), 20),
+    ("vgg", {"depth": 11, "head": "imagenet-bn", "width_mult": 0.125}, (3, 64, 64), 20),
+    ("resnet_cifar", {"depth": 20}, (3, 32, 32), 10),
+    ("resnet_cifar", {"depth": 20, "shortcut": "B", "width_mult": 0.5}, (1, 32, 32), 10),
+    ("preresnet", {"depth": 29, "width_mult": 0.5}, (3, 32, 32), 10),
+    ("densenet", {"depth": 40, "growth": 6}, (3, 32, 32), 10),
+    ("densenet", {"depth": 28, "bottleneck": True, "compression": 0.5}, (3, 32, 32), 10),
+    ("resnet", {"depth": 18, "width_mult": 0.25}, (3, 64, 64), 20),
+    ("resnet", {"depth": 50, "width_mult": 0.25, "downsample_bias": True}, (3, 64, 64), 20),
+    ("mobilenetv2", {"width_mult": 0.5}, (3, 64, 64), 20),
+    ("mobilenetv2", {"stem": "cifar", "width_mult": 0.5}, (3, 32, 32), 10),
+]
+
+
+def case_id(case):
+    family, options, shape, _ = case
+    return family + "-" + "-".join(f"{k}{v}" for k, v in options.items()) + f"-{shape[1]}px"
+
+
+def make_arch(case, widths=None):
+    family, options, shape, classes = case
+    return Architecture.create(family, widths, options, shape, classes)
+
+
+def random_arch(base: Architecture, rng: random.Random, remove_prob: float = 0.3) -> Architecture:
+    """A random valid architecture of ``base``'s family: widths in [1, base], some blocks removed."""
+    removed = {s.block for s in base.slots if s.removable and rng.random() < remove_prob}
+    for _ in range(200):
+        widths = [0 if s.block in removed else rng.randint(1, s.base) for s in base.slots]
+        try:
+            return base.with_widths(widths)
+        except ArchitectureError:  # e.g. option-A stage widths that decrease: draw again
+            continue
+    raise AssertionError("could not draw a valid random architecture")
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
