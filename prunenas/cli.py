@@ -54,6 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the twin's architecture JSON here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_uniform)
+
+    p = sub.add_parser("train", help="train an architecture from scratch; writes result.json and weights")
+    p.add_argument("target", help="space name, space YAML or architecture JSON")
+    p.add_argument("--preset", help="a named architecture of the space")
+    p.add_argument("--data", help="dataset (default: the space's); required for architecture files")
+    p.add_argument("--data-root", help="folder holding the dataset files (also $PRUNENAS_DATA)")
+    p.add_argument("--val-size", type=int, help="validation images carved from the training set")
+    p.add_argument("--subset", type=int, help="train on this many images only")
+    p.add_argument("--recipe", help="training recipe (default: the space's): " + ", ".join(RECIPES.names()))
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="epochs (milestones scale with them)")
+    length.add_argument("--budget", choices=("scratch-e", "scratch-b"), help="the paper's epoch budgets")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    p.add_argument("--out", help="run folder (result.json, weights.safetensors, arch.json; resumes if interrupted)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=cmd_train)
     return parser
 
 
@@ -116,6 +137,12 @@ def cmd_uniform(args: argparse.Namespace) -> int:
     if not twin.within_tolerance:
         print(f"prunenas: warning: closest achievable is {twin.error:+.2%} from the target", file=sys.stderr)
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from prunenas.training_run import run_training
+
+    return run_training(args)
 
 
 # -- helpers --------------------------------------------------------------------------------------------

@@ -1,0 +1,370 @@
+"""Train an architecture (or a given model) and evaluate it: the from-scratch arms of every trial.
+
+One function, :func:`train`, deterministic on CPU for a seed (the initialisation, data order, augmentation
+and dropout of epoch *e* depend only on ``(seed, e)``), with checkpoint/resume of the whole training state
+after every epoch, a divergence check, masked training for unstructured architectures, and the CUDA path
+(bf16/fp16 autocast, channels-last, device-resident data, optional ``torch.compile``).
+
+The reported accuracies are those of the *final* epoch: validation (for ranking) and test (for the report,
+read once at the end) — never the best epoch picked on the test set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunenas.arch import Architecture
+from prunenas.cost import count
+from prunenas.data import Data, Split
+from prunenas.errors import PrunenasError
+from prunenas.faults import fault_point
+from prunenas.fileio import atomic_write_bytes
+from prunenas.masks import has_masks, reapply_masks
+from prunenas.recipes import RECIPES, Recipe
+
+SCHEDULES = ("step", "cosine", "onecycle", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Recipe):
+    """A recipe (optimiser and schedule) plus how to run it.
+
+    Attributes:
+        seed: initialisation, data order, augmentation and dropout.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
+        amp: ``auto`` (bf16 on CUDA when supported, else fp16; off on CPU), ``bf16``, ``fp16`` or ``off``.
+        channels_last: memory format of activations (default: on CUDA).
+        compile: wrap the model in ``torch.compile``.
+        threads: CPU threads for this run (``torch.set_num_threads``); default: leave as is.
+    """
+
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    threads: int | None = None
+    eval_batch_size: int = 1024
+
+    @classmethod
+    def from_recipe(cls, recipe: str | Recipe, **overrides: Any) -> TrainConfig:
+        """The named recipe with ``overrides``; changing ``epochs`` scales the milestones (Scratch-B rule)."""
+        base = RECIPES.get(recipe) if isinstance(recipe, str) else recipe
+        epochs = overrides.pop("epochs", None)
+        if epochs is not None and "milestones" not in overrides:
+            base = base.with_epochs(epochs)
+        elif epochs is not None:
+            base = replace(base, epochs=epochs)
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise PrunenasError(f"unknown training setting {unknown[0]!r}")
+        config = cls(**{**{f.name: getattr(base, f.name) for f in fields(Recipe)}, **overrides})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise PrunenasError(f"epochs {self.epochs}, batch_size {self.batch_size} and lr {self.lr} must be positive")
+        if self.schedule not in SCHEDULES:
+            raise PrunenasError(f"schedule {self.schedule!r} must be one of {', '.join(SCHEDULES)}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise PrunenasError(f"amp {self.amp!r} must be auto, bf16, fp16 or off")
+
+
+class TrainingDiverged(PrunenasError):
+    """The loss became NaN or infinite. Callers record it and never retry it."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(f"training diverged at epoch {epoch}, step {step}: loss {loss}")
+
+
+class Regularizer:
+    """Hooks that pruning methods add to training (all optional; the defaults do nothing).
+
+    ``before_step`` runs after ``backward`` (e.g. Network Slimming's L1 subgradient on BN scales),
+    ``after_step`` after the optimiser step (e.g. a proximal step), ``end_epoch`` after each epoch (e.g.
+    Soft Filter Pruning's zeroing of weak filters). State that must survive a resume goes in ``state_dict``.
+    """
+
+    def before_step(self, model: nn.Module) -> None:
+        """Called between backward and the optimiser step."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after the optimiser step."""
+
+    def end_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Called after each training epoch, before validation."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+@dataclass
+class TrainResult:
+    """Final-epoch metrics of one training run (accuracies in [0, 1])."""
+
+    val_acc: float
+    val_loss: float
+    test_acc: float | None
+    test_loss: float | None
+    epochs: int
+    steps: int
+    images_per_s: float
+    seconds: float
+    macs: int | None
+    params: int
+    curve: list[dict[str, float]]
+    model: nn.Module | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "model"}
+
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+def train(
+    target: Architecture | nn.Module,
+    data: Data,
+    config: TrainConfig,
+    *,
+    on_epoch: EpochCallback | None = None,
+    regularizer: Regularizer | None = None,
+    checkpoint: str | Path | None = None,
+    evaluate_test: bool = True,
+    arch: Architecture | None = None,
+) -> TrainResult:
+    """Train ``target`` (an Architecture, built and initialised from ``config.seed``, or a ready model).
+
+    Args:
+        data: splits from :func:`prunenas.data.load_data`; in-memory splits move to the device once.
+        on_epoch: called with each epoch's metrics (epoch, train_loss, train_acc, val_acc, val_loss, lr,
+            images_per_s, seconds).
+        regularizer: training hooks of a pruning method (see :class:`Regularizer`).
+        checkpoint: file holding the whole training state, written after every epoch; if it exists, training
+            resumes after its last epoch and ends exactly as an uninterrupted run would.
+        evaluate_test: evaluate the final model on the test split (the report's number).
+        arch: the architecture of a ready ``target`` model, for the MAC count.
+
+    Raises:
+        TrainingDiverged: the loss became NaN/inf (with epoch and step).
+    """
+    config.validate()
+    regularizer = regularizer or Regularizer()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    if isinstance(target, Architecture):
+        arch = target
+        torch.manual_seed(config.seed)
+        model = target.build()
+    else:
+        model = target
+    model.to(device)
+    if config.channels_last if config.channels_last is not None else device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    data = data.to(device)
+    run = _Run(model, data, config, device, regularizer)
+    start = run.restore(checkpoint) if checkpoint and Path(checkpoint).exists() else 0
+    for epoch in range(start, config.epochs):
+        metrics = run.epoch(epoch)
+        if checkpoint:
+            run.save(checkpoint, epoch + 1)
+            fault_point("train.checkpoint", epoch=epoch + 1)
+        if on_epoch:
+            on_epoch(metrics)
+    val_acc, val_loss = run.evaluate(data.val)
+    test_acc, test_loss = run.evaluate(data.test) if evaluate_test else (None, None)
+    trained_images = sum(m["images"] for m in run.curve)
+    train_seconds = sum(m["train_seconds"] for m in run.curve)
+    return TrainResult(
+        val_acc=val_acc, val_loss=val_loss, test_acc=test_acc, test_loss=test_loss, epochs=config.epochs,
+        steps=run.steps, images_per_s=trained_images / train_seconds if train_seconds else 0.0,
+        seconds=sum(m["seconds"] for m in run.curve), macs=count(arch).macs if arch is not None else None,
+        params=sum(p.numel() for p in model.parameters()), curve=run.curve, model=model,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PrunenasError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def lr_factor(schedule: str, step: int, steps_per_epoch: int, epochs: int, milestones: tuple[int, ...],
+              gamma: float) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (counted from 0 over the whole run)."""
+    total = max(1, steps_per_epoch * epochs)
+    if schedule == "step":
+        epoch = step // max(1, steps_per_epoch)
+        return gamma ** sum(epoch >= m for m in milestones)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    if schedule == "onecycle":  # linear warm-up over 25% of the steps from 0.1, then cosine to 0
+        warm = 0.25 * total
+        if step < warm:
+            return 0.1 + 0.9 * step / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+    return 1.0
+
+
+def derived_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """Seed of ``stream`` (0: dropout etc., 1: data order/augmentation) in ``epoch``."""
+    return (seed * 1_000_003 + epoch * 10_007 + stream) % (2**63)
+
+
+class _Run:
+    """The mutable state of one training run: model, optimiser, schedule, curve."""
+
+    def __init__(self, model: nn.Module, data: Data, config: TrainConfig, device: torch.device,
+                 regularizer: Regularizer) -> None:
+        self.model, self.data, self.config, self.device, self.regularizer = model, data, config, device, regularizer
+        self.forward = torch.compile(model) if config.compile else model
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         nesterov=config.nesterov and config.momentum > 0,
+                                         weight_decay=config.weight_decay)
+        n = len(data.train)
+        self.steps_per_epoch = n // config.batch_size if n >= config.batch_size else 1
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(
+            config.schedule, step, self.steps_per_epoch, config.epochs, config.milestones, config.gamma))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.amp_dtype = _amp_dtype(config.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.masked = has_masks(model)
+        self.curve: list[dict[str, float]] = []
+        self.steps = 0
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        torch.manual_seed(derived_seed(self.config.seed, epoch))
+        generator = torch.Generator().manual_seed(derived_seed(self.config.seed, epoch, 1))
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        images, started = 0, time.perf_counter()
+        batches = self.data.train.batches(self.config.batch_size, shuffle=True, augment=self.config.augment,
+                                          generator=generator, drop_last=True)
+        for step, (x, y) in enumerate(batches):
+            loss, out, y = self._step(x, y, epoch, step)
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            images += len(y)
+        self._sync()
+        train_seconds = time.perf_counter() - started
+        self.regularizer.end_epoch(self.model, epoch)
+        val_acc, val_loss = self.evaluate(self.data.val)
+        train_loss = loss_sum.item() / max(1, images)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(epoch, self.steps, train_loss)
+        metrics = {"epoch": epoch + 1, "epochs": self.config.epochs, "train_loss": train_loss,
+                   "train_acc": correct.item() / max(1, images), "val_acc": val_acc, "val_loss": val_loss,
+                   "lr": self.optimizer.param_groups[0]["lr"], "images": images, "train_seconds": train_seconds,
+                   "images_per_s": images / train_seconds if train_seconds else 0.0,
+                   "seconds": time.perf_counter() - started}
+        self.curve.append(metrics)
+        return metrics
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int):
+        x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.forward(x)
+            loss = self.criterion(out, y)
+        # A CPU check is free; on CUDA it would stall the pipeline, so it runs every 32 steps and per epoch.
+        if (self.device.type == "cpu" or step % 32 == 0) and not torch.isfinite(loss):
+            raise TrainingDiverged(epoch + 1, self.steps, float(loss))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.regularizer.before_step(self.model)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.masked:
+            reapply_masks(self.model)
+        self.regularizer.after_step(self.model)
+        self.steps += 1
+        return loss, out, y
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def evaluate(self, split: Split) -> tuple[float, float]:
+        """Top-1 accuracy and mean loss on ``split`` (no augmentation)."""
+        if len(split) == 0:
+            return float("nan"), float("nan")
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for x, y in split.batches(self.config.eval_batch_size):
+            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self.forward(x)
+            loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+        return correct.item() / len(split), loss_sum.item() / len(split)
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def save(self, path: str | Path, epochs_done: int) -> None:
+        import io
+
+        state = {"epochs_done": epochs_done, "steps": self.steps, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "regularizer": self.regularizer.state_dict(),
+                 "curve": self.curve, "config": _plain(asdict(self.config))}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def restore(self, path: str | Path) -> int:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        saved = state["config"]
+        current = _plain(asdict(self.config))
+        ignore = {"device", "threads", "compile", "eval_batch_size"}
+        changed = sorted(k for k in current if k not in ignore and saved.get(k) != current[k])
+        if changed:
+            raise PrunenasError(f"checkpoint {path} was written with another configuration ({', '.join(changed)}); "
+                                "delete it or use the same settings to resume")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.regularizer.load_state_dict(state["regularizer"])
+        self.curve, self.steps = list(state["curve"]), int(state["steps"])
+        return int(state["epochs_done"])
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off" or device.type != "cuda":
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def format_epoch(m: Mapping[str, float]) -> str:
+    """One progress line: epoch, loss, validation accuracy, throughput."""
+    return (f"epoch {int(m['epoch'])}/{int(m['epochs'])}  loss {m['train_loss']:.4f}  train {m['train_acc']:.2%}  "
+            f"val {m['val_acc']:.2%}  lr {m['lr']:.4g}  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s")
