@@ -54,64 +54,70 @@ def cost_of(arch: Architecture, match: Match) -> int:
     return getattr(count(arch), match)
 
 
-def uniform_widths(space: Space, multiplier: float, round_up: int | None = None) -> tuple[int, ...]:
-    """Every base width times ``multiplier``, rounded and clamped by the space.
+def uniform_widths(space: Space, multiplier: float, round_up: int | None = None,
+                   shape: Sequence[float] | None = None) -> tuple[int, ...]:
+    """Every base width times ``multiplier`` (and its ``shape`` factor), rounded and clamped by the space.
 
     ``round_up=None`` rounds to nearest; ``round_up=k`` rounds down all but the ``k`` slots with the largest
     remainders (ties: earlier slots first), which are rounded up.
     """
+    scaled = [b * multiplier * (1.0 if shape is None else shape[i]) for i, b in enumerate(space.upper)]
     if round_up is None:
-        return space.round_widths([b * multiplier for b in space.upper])
+        return space.round_widths(scaled)
     unit = space.multiple_of
-    exact = [b * multiplier / unit for b in space.upper]
+    exact = [w / unit for w in scaled]
     order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - math.floor(exact[i])), i))
     up = set(order[:round_up])
     return tuple(space.round_width(i, (math.floor(x) + (i in up)) * unit) for i, x in enumerate(exact))
 
 
-def uniform_twin(space: Space, target: int, match: Match = "macs", iterations: int = 60) -> Twin:
+def uniform_twin(space: Space, target: int, match: Match = "macs", iterations: int = 60,
+                 shape: Sequence[float] | None = None) -> Twin:
     """The uniform architecture whose cost is closest to ``target`` (MACs or params).
 
     Cost is a non-decreasing step function of the multiplier; bisection finds the step that crosses the
     target, then a second bisection over how many slots round up refines it. The closest candidate is
-    returned; ``Twin.within_tolerance`` says whether it is within +-1%.
+    returned; ``Twin.within_tolerance`` says whether it is within +-1%. ``shape`` (one factor per slot in
+    (0, 1]) scales slots unequally before the common multiplier — the random-widths control uses it.
     """
     if target <= 0:
         raise BudgetError(f"target {match} {target} must be positive")
-    lo, hi = 0.0, 1.0
-    if _twin(space, hi, None, target, match).achieved <= target:
-        return _twin(space, hi, None, target, match)
-    if _twin(space, lo, None, target, match).achieved >= target:
-        return _twin(space, lo, None, target, match)
+    lo, hi = 0.0, 1.0 / min(shape) if shape else 1.0  # at hi every slot reaches its base width
+    if _twin(space, hi, None, target, match, shape).achieved <= target:
+        return _twin(space, hi, None, target, match, shape)
+    if _twin(space, lo, None, target, match, shape).achieved >= target:
+        return _twin(space, lo, None, target, match, shape)
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        if _twin(space, mid, None, target, match).achieved < target:
+        if _twin(space, mid, None, target, match, shape).achieved < target:
             lo = mid
         else:
             hi = mid
-    candidates = [_twin(space, lo, None, target, match), _twin(space, hi, None, target, match)]
+    candidates = [_twin(space, lo, None, target, match, shape), _twin(space, hi, None, target, match, shape)]
     if not any(t.within_tolerance for t in candidates):
         for j in range(REFINE_STEPS + 1):  # floor/ceil patterns of multipliers around the crossing
-            candidates += _refine_rounding(space, lo * (0.85 + 0.15 * j / REFINE_STEPS), target, match)
+            candidates += _refine_rounding(space, lo * (0.85 + 0.15 * j / REFINE_STEPS), target, match, shape)
     return min(candidates, key=lambda t: (abs(t.error), t.multiplier))
 
 
-def _refine_rounding(space: Space, multiplier: float, target: int, match: Match) -> list[Twin]:
+def _refine_rounding(space: Space, multiplier: float, target: int, match: Match,
+                     shape: Sequence[float] | None) -> list[Twin]:
     """Bisect the number of rounded-up slots at ``multiplier``: cost is non-decreasing in it."""
     k_lo, k_hi = 0, len(space.upper)
-    if _twin(space, multiplier, k_hi, target, match).achieved < target:
-        return [_twin(space, multiplier, k_hi, target, match)]
+    if _twin(space, multiplier, k_hi, target, match, shape).achieved < target:
+        return [_twin(space, multiplier, k_hi, target, match, shape)]
     while k_hi - k_lo > 1:
         mid = (k_lo + k_hi) // 2
-        if _twin(space, multiplier, mid, target, match).achieved < target:
+        if _twin(space, multiplier, mid, target, match, shape).achieved < target:
             k_lo = mid
         else:
             k_hi = mid
-    return [_twin(space, multiplier, k, target, match) for k in (k_lo, k_hi)]
+    return [_twin(space, multiplier, k, target, match, shape) for k in (k_lo, k_hi)]
 
 
-def _twin(space: Space, multiplier: float, round_up: int | None, target: int, match: Match) -> Twin:
-    arch = space.arch(uniform_widths(space, multiplier, round_up))
+def _twin(space: Space, multiplier: float, round_up: int | None, target: int, match: Match,
+          shape: Sequence[float] | None = None) -> Twin:
+    arch = space.arch(uniform_widths(space, multiplier, round_up, shape))
     return Twin(arch, multiplier, target, cost_of(arch, match), match)
 
 

@@ -90,10 +90,15 @@ class TrainingDiverged(PrunenasError):
 class Regularizer:
     """Hooks that pruning methods add to training (all optional; the defaults do nothing).
 
-    ``before_step`` runs after ``backward`` (e.g. Network Slimming's L1 subgradient on BN scales),
+    ``prepare`` may wrap the model before training (e.g. learnable block scales); ``before_step`` runs after
+    ``backward`` (e.g. Network Slimming's L1 subgradient on BN scales),
     ``after_step`` after the optimiser step (e.g. a proximal step), ``end_epoch`` after each epoch (e.g.
     Soft Filter Pruning's zeroing of weak filters). State that must survive a resume goes in ``state_dict``.
     """
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The module to train (default: ``model`` itself)."""
+        return model
 
     def before_step(self, model: nn.Module) -> None:
         """Called between backward and the optimiser step."""
@@ -172,6 +177,7 @@ def train(
         model = target.build()
     else:
         model = target
+    model = regularizer.prepare(model)
     model.to(device)
     if config.channels_last if config.channels_last is not None else device.type == "cuda":
         model.to(memory_format=torch.channels_last)

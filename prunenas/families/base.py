@@ -39,16 +39,15 @@ class Option:
     kind: type = int
     help: str = ""
 
-    def check(self, family: str, name: str, value: Any) -> Any:
+    def check(self, owner: str, name: str, value: Any, error: type[Exception] = ArchitectureError) -> Any:
+        """``value`` converted (int -> float) and validated; ``owner`` names the family or method in errors."""
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.kind) or (self.kind is int and isinstance(value, bool)):
-            raise ArchitectureError(
-                f"family {family!r} option {name!r}: {value!r} is not a {self.kind.__name__}"
-            )
+            raise error(f"{owner} option {name!r}: {value!r} is not a {self.kind.__name__}")
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(map(str, self.choices))
-            raise ArchitectureError(f"family {family!r} option {name!r}: {value!r} not in {{{allowed}}}")
+            raise error(f"{owner} option {name!r}: {value!r} not in {{{allowed}}}")
         return value
 
 
@@ -153,7 +152,7 @@ class Family(ABC):
             )
         out = {k: spec.default for k, spec in self.options.items()}
         for key, value in given.items():
-            out[key] = self.options[key].check(self.name, key, value)
+            out[key] = self.options[key].check(f"family {self.name!r}", key, value)
         self.check_options(out)
         return out
 

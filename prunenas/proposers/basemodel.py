@@ -1,0 +1,253 @@
+"""The base-model cache: each base (or sparsity-regularised) network is trained once and reused.
+
+A base model is identified by everything that determines its weights: the space's network, the dataset and
+its validation carve, the training recipe, the regulariser (e.g. Network Slimming's L1 on BN scales) and
+the base seed. It is stored content-addressed under the cache folder (``--cache-dir``, ``$PRUNENAS_CACHE``,
+default ``~/.cache/prunenas/base-models``) with its *initial* and its *trained* weights, so that K
+proposals at K targets cost one training, and the fine-tune and lottery arms can inherit either state.
+
+Two processes that need the same base model at once never train it twice nor leave a corrupt entry: an
+exclusive file lock serialises training, training happens in ``KEY.partial/`` (resumable from its epoch
+checkpoint), and the finished entry appears by an atomic rename.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunenas.arch import Architecture
+from prunenas.data import Data, load_data
+from prunenas.errors import PrunenasError
+from prunenas.fileio import atomic_write_text
+from prunenas.registry import Registry
+from prunenas.spaces import Space
+from prunenas.train import Regularizer, TrainConfig, format_epoch, train
+from prunenas.weights import save_weights
+
+CACHE_FORMAT = 1
+ENV_CACHE = "PRUNENAS_CACHE"
+
+
+@dataclass(frozen=True)
+class RegularizerSpec:
+    """A training regulariser by name and parameters (part of the cache key)."""
+
+    kind: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, kind: str, **params: Any) -> RegularizerSpec:
+        return cls(kind, tuple(sorted(params.items())))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "params": dict(self.params)}
+
+
+RegularizerFactory = Callable[..., Regularizer]
+REGULARIZERS: Registry[RegularizerFactory] = Registry("regularizer")
+
+
+def register_regularizer(kind: str) -> Callable[[RegularizerFactory], RegularizerFactory]:
+    """Decorator: ``factory(space, **params) -> Regularizer``."""
+    return REGULARIZERS.register(kind)  # type: ignore[return-value]
+
+
+def build_regularizer(spec: RegularizerSpec | None, space: Space) -> Regularizer | None:
+    return None if spec is None else REGULARIZERS.get(spec.kind)(space, **dict(spec.params))
+
+
+@dataclass
+class BaseModel:
+    """A trained base network: its initial and trained weights and how good it is."""
+
+    key: str
+    arch: Architecture
+    init_state: dict[str, torch.Tensor]
+    trained_state: dict[str, torch.Tensor]
+    val_acc: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def state(self, which: str = "trained") -> dict[str, torch.Tensor]:
+        if which not in ("trained", "init"):
+            raise PrunenasError(f"base-model state {which!r} must be 'trained' or 'init'")
+        return self.trained_state if which == "trained" else self.init_state
+
+    def model(self, which: str = "trained") -> nn.Module:
+        """The base network with its trained (or initial) weights, in eval mode."""
+        model = self.arch.build()
+        model.load_state_dict(self.architecture_state(which))
+        return model.eval()
+
+    def architecture_state(self, which: str = "trained") -> dict[str, torch.Tensor]:
+        """The state restricted to ``arch.build()``'s keys (drops a regulariser's extra tensors)."""
+        keys = self.arch.build().state_dict().keys()
+        state = self.state(which)
+        return {k: state[k] for k in keys}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "prunenas" / "base-models")
+
+
+class BaseModelProvider:
+    """Trains (once) and serves the base models of one space, dataset, recipe and base seed.
+
+    Proposers receive a provider, so tests can inject a ready model (see :class:`StaticProvider`).
+    """
+
+    def __init__(self, space: Space, *, dataset: str | None = None, recipe: str | None = None, seed: int = 0,
+                 epochs: int | None = None, cache_dir: str | os.PathLike | None = None,
+                 data_root: str | os.PathLike | None = None, val_size: int | None = None,
+                 subset: int | None = None, device: str = "auto", threads: int | None = None,
+                 log: Callable[[str], None] | None = print) -> None:
+        self.space = space
+        self.dataset = dataset or space.dataset
+        self.recipe = recipe or space.recipe
+        self.seed, self.epochs = seed, epochs
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.data_root, self.val_size, self.subset = data_root, val_size, subset
+        self.device, self.threads, self.log = device, threads, log
+        self.trainings = 0  # base models this provider trained (the rest came from the cache)
+        self._data: Data | None = None
+
+    def config(self) -> TrainConfig:
+        overrides: dict[str, Any] = {"seed": self.seed, "device": self.device, "threads": self.threads}
+        if self.epochs is not None:
+            overrides["epochs"] = self.epochs
+        return TrainConfig.from_recipe(self.recipe, **overrides)
+
+    def data(self) -> Data:
+        if self._data is None:
+            self._data = load_data(self.dataset, self.space.input_shape, self.space.num_classes,
+                                   val_size=self.val_size, subset=self.subset, root=self.data_root)
+        return self._data
+
+    def key(self, spec: RegularizerSpec | None = None) -> str:
+        """Content address of the base model trained with ``spec``."""
+        config = {k: v for k, v in asdict(self.config()).items() if k not in ("device", "threads", "compile",
+                                                                                 "eval_batch_size")}
+        identity = {"format": CACHE_FORMAT, "arch": self.space.base.digest(), "dataset": self.dataset,
+                    "val_size": self.val_size, "subset": self.subset, "config": config,
+                    "regularizer": spec.to_dict() if spec else None}
+        text = json.dumps(identity, sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def get(self, spec: RegularizerSpec | None = None) -> BaseModel:
+        """The base model for ``spec``: from the cache, or trained now (once, even across processes)."""
+        key = self.key(spec)
+        entry = self.cache_dir / key
+        if not entry.exists():
+            with _locked(self.cache_dir / f"{key}.lock"):
+                if not entry.exists():  # another process may have finished it while we waited
+                    self._train(key, spec, entry)
+        return _read_entry(entry, self.space.base)
+
+    def _train(self, key: str, spec: RegularizerSpec | None, entry: Path) -> None:
+        partial = entry.with_name(f"{key}.partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        config = self.config()
+        torch.manual_seed(config.seed)
+        model = self.space.base.build()
+        init_state = {k: v.clone() for k, v in model.state_dict().items()}
+        regularizer = build_regularizer(spec, self.space)
+        what = f"base model {key} ({self.space.name}, {self.dataset}, {config.epochs} epochs"
+        if self.log:
+            self.log(what + (f", regulariser {spec.kind} {dict(spec.params)})" if spec else ")"))
+        result = train(model, self.data(), config, regularizer=regularizer, checkpoint=partial / "checkpoint.pt",
+                       arch=self.space.base, on_epoch=(lambda m: self.log(format_epoch(m))) if self.log else None)
+        trained = result.model
+        _save_state(init_state, partial / "init.safetensors")
+        save_weights(trained, partial / "trained.safetensors")
+        meta = {"key": key, "space": self.space.name, "arch": self.space.base.to_dict(), "dataset": self.dataset,
+                "regularizer": spec.to_dict() if spec else None, "config": asdict(config),
+                "val_acc": result.val_acc, "test_acc": result.test_acc, "seconds": result.seconds,
+                "curve": result.curve}
+        atomic_write_text(partial / "meta.json", json.dumps(meta, indent=2, default=list) + "\n")
+        (partial / "checkpoint.pt").unlink(missing_ok=True)
+        os.replace(partial, entry)
+        self.trainings += 1
+
+
+class StaticProvider:
+    """A provider serving given base models (tests, or models trained elsewhere)."""
+
+    def __init__(self, space: Space, models: Mapping[RegularizerSpec | None, BaseModel], data: Data | None = None):
+        self.space, self.models, self._data = space, dict(models), data
+        self.trainings = 0
+
+    def get(self, spec: RegularizerSpec | None = None) -> BaseModel:
+        if spec not in self.models:
+            raise PrunenasError(f"no base model for regulariser {spec}")
+        return self.models[spec]
+
+    def data(self) -> Data:
+        if self._data is None:
+            raise PrunenasError("this provider has no data")
+        return self._data
+
+
+def base_model_from(model: nn.Module, arch: Architecture, init_state: Mapping[str, torch.Tensor] | None = None,
+                    val_acc: float = float("nan"), key: str = "static") -> BaseModel:
+    """Wrap an in-memory network as a :class:`BaseModel`."""
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    init = {k: v.clone() for k, v in (init_state or trained).items()}
+    return BaseModel(key, arch, init, trained, val_acc)
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save
+
+    from prunenas.fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+
+
+def _read_entry(entry: Path, arch: Architecture) -> BaseModel:
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        init, trained = load_file(str(entry / "init.safetensors")), load_file(str(entry / "trained.safetensors"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise PrunenasError(f"base-model cache entry {entry} is unreadable ({err}); delete it to retrain") from None
+    return BaseModel(meta["key"], arch, init, trained, meta["val_acc"], meta)
+
+
+def list_entries(cache_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Finished cache entries (their meta.json, plus size on disk)."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    out = []
+    for meta_path in sorted(root.glob("*/meta.json")):
+        meta = json.loads(meta_path.read_text())
+        meta.pop("curve", None)
+        meta["bytes"] = sum(p.stat().st_size for p in meta_path.parent.iterdir())
+        out.append(meta)
+    return out
+
+
+def remove_entry(cache_dir: str | os.PathLike | None, key: str) -> None:
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    shutil.rmtree(root / key)

@@ -1,0 +1,137 @@
+"""What a proposer is asked for (:class:`Target`) and what it returns (:class:`Proposal`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunenas.arch import Architecture, from_dict
+from prunenas.budget import Match, cost_of, target_from_ratio
+from prunenas.errors import BudgetError, PrunenasError
+from prunenas.fileio import atomic_write_text
+from prunenas.spaces import Space
+
+PROPOSAL_FORMAT = "prunenas.proposal/1"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A cost target: a fraction of the base network's cost, an absolute cost, or a named preset.
+
+    ``match`` says whether costs are MACs or parameters. Exactly one of ``ratio``, ``cost``, ``preset`` is set;
+    with none, the method's own default applies (e.g. Network Slimming's channel percent).
+    """
+
+    ratio: float | None = None
+    cost: int | None = None
+    preset: str | None = None
+    match: Match = "macs"
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("ratio", "cost", "preset") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise BudgetError(f"give one target, not {' and '.join(given)}")
+        if self.ratio is not None and not 0 < self.ratio <= 1:
+            raise BudgetError(f"ratio {self.ratio} must be in (0, 1]")
+        if self.cost is not None and self.cost <= 0:
+            raise BudgetError(f"target {self.match} {self.cost} must be positive")
+        if self.match not in ("macs", "params"):
+            raise BudgetError(f"match {self.match!r} must be 'macs' or 'params'")
+
+    @property
+    def is_cost(self) -> bool:
+        return self.ratio is not None or self.cost is not None
+
+    def absolute(self, space: Space) -> int:
+        """The target cost in MACs (or params)."""
+        if self.cost is not None:
+            return self.cost
+        if self.ratio is not None:
+            return target_from_ratio(space, self.ratio, self.match)
+        raise BudgetError("this target names a preset, not a cost")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Target:
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """An architecture proposed by a method, with where it came from.
+
+    Attributes:
+        arch: the proposed architecture (with masks for unstructured methods).
+        method, params, seed: the proposer and its parameters.
+        target: what was requested.
+        kept: slot -> original channel indices kept (for the fine-tune and lottery arms; ``None`` when the
+            proposal did not come from a network, e.g. ``uniform``).
+        provenance: base model key and validation accuracy, requested and achieved cost ratios, seconds spent,
+            slots that hit their width floor, and method-specific facts.
+    """
+
+    arch: Architecture
+    method: str
+    params: Mapping[str, Any]
+    target: Target
+    seed: int = 0
+    kept: Mapping[int, tuple[int, ...]] | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PROPOSAL_FORMAT,
+            "method": self.method,
+            "params": dict(self.params),
+            "target": self.target.to_dict(),
+            "seed": self.seed,
+            "arch": self.arch.to_dict(),
+            "digest": self.arch.digest(),
+            "kept": None if self.kept is None else {str(k): list(v) for k, v in self.kept.items()},
+            "provenance": dict(self.provenance),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base_dir: str | os.PathLike | None = None) -> Proposal:
+        if data.get("format") != PROPOSAL_FORMAT:
+            raise PrunenasError(f"not a proposal (format {data.get('format')!r}, expected {PROPOSAL_FORMAT!r})")
+        kept = data.get("kept")
+        return cls(
+            arch=from_dict(data["arch"], base_dir),
+            method=data["method"],
+            params=dict(data["params"]),
+            target=Target.from_dict(data["target"]),
+            seed=int(data.get("seed", 0)),
+            kept=None if kept is None else {int(k): tuple(v) for k, v in kept.items()},
+            provenance=dict(data.get("provenance", {})),
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write JSON atomically (a masks file stays where it is, referenced relative to the JSON)."""
+        path = Path(path)
+        data = self.to_dict()
+        if self.arch.masks is not None:
+            data["arch"]["masks"]["file"] = os.path.relpath(self.arch.masks.path, path.parent.resolve())
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+        return path
+
+
+def load_proposal(path: str | os.PathLike) -> Proposal:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise PrunenasError(f"cannot read proposal {path}: {err}") from None
+    return Proposal.from_dict(data, base_dir=path.parent)
+
+
+def achieved(space: Space, arch: Architecture, match: Match = "macs") -> dict[str, float]:
+    """Cost of ``arch`` and its ratio to the base network (for provenance)."""
+    cost, base = cost_of(arch, match), cost_of(space.base, match)
+    return {f"achieved_{match}": cost, f"achieved_{match}_ratio": cost / base}

@@ -1,0 +1,91 @@
+"""The proposer registry: a proposer is a function ``(space, target, provider, params, seed) -> Proposal``.
+
+Register one with :func:`register_proposer`; its parameters are declared (type, default, search range) so
+that the CLI lists them, bad values get precise errors, and the search can sample them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from prunenas.errors import PrunenasError
+from prunenas.families.base import Option
+from prunenas.proposers.proposal import Proposal, Target
+from prunenas.registry import Registry
+from prunenas.spaces import Space
+
+
+class ProposerError(PrunenasError):
+    """A proposer cannot do what was asked (bad parameters, unsupported target or family)."""
+
+
+@dataclass(frozen=True)
+class Param(Option):
+    """A proposer parameter: default, type, allowed choices, and the range a search samples it from."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+
+
+ProposeFn = Callable[..., Proposal]
+
+
+@dataclass(frozen=True)
+class ProposerInfo:
+    name: str
+    fn: ProposeFn
+    params: Mapping[str, Param] = field(default_factory=dict)
+    description: str = ""
+    needs_base: bool = True
+    presets: bool = False
+
+    def check_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            raise ProposerError(f"proposer {self.name!r} has no parameter {unknown[0]!r}; "
+                                f"parameters: {', '.join(self.params) or '(none)'}")
+        out = {k: p.default for k, p in self.params.items()}
+        for key, value in given.items():
+            spec = self.params[key]
+            value = spec.check(f"proposer {self.name!r}", key, value, ProposerError)
+            if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
+                raise ProposerError(f"proposer {self.name!r} parameter {key!r}: {value} outside "
+                                    f"[{spec.low}, {spec.high}]")
+            out[key] = value
+        return out
+
+
+PROPOSERS: Registry[ProposerInfo] = Registry("proposer")
+
+
+def register_proposer(name: str, params: Mapping[str, Param] | None = None, description: str = "",
+                      needs_base: bool = True, presets: bool = False) -> Callable[[ProposeFn], ProposeFn]:
+    """Decorator registering ``fn(space, target, provider, params, seed) -> Proposal``."""
+
+    def decorator(fn: ProposeFn) -> ProposeFn:
+        doc = description or (fn.__doc__ or "").strip().splitlines()[0]
+        PROPOSERS.register(name, ProposerInfo(name, fn, dict(params or {}), doc, needs_base, presets))
+        return fn
+
+    return decorator
+
+
+def propose(method: str, space: Space, target: Target, provider: Any = None, params: Mapping[str, Any] | None = None,
+            seed: int = 0) -> Proposal:
+    """Run proposer ``method``: validates its parameters, times it and records provenance."""
+    info = PROPOSERS.get(method)
+    full = info.check_params(params or {})
+    if target.preset is not None:
+        if not info.presets:
+            raise ProposerError(f"proposer {method!r} has no presets; give a cost target (ratio or MACs)")
+        space.preset(target.preset)  # unknown preset: precise error before any training
+    if info.needs_base and provider is None:
+        raise ProposerError(f"proposer {method!r} needs a base-model provider")
+    started = time.perf_counter()
+    proposal = info.fn(space, target, provider, full, seed)
+    provenance = {**proposal.provenance, "seconds": round(time.perf_counter() - started, 3), "space": space.name}
+    return replace(proposal, params=full, seed=seed, provenance=provenance)
