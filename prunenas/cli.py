@@ -75,6 +75,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (result.json, weights.safetensors, arch.json; resumes if interrupted)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("proposers", help="list the proposers with their parameters and defaults")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_proposers)
+
+    p = sub.add_parser("propose", help="run a pruning method on a (cached) base model: an architecture at a target")
+    p.add_argument("method", help="proposer name (see `prunenas proposers`)")
+    p.add_argument("target", help="space name or space YAML")
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--ratio", type=float, help="fraction of the base network's MACs (or params), in (0, 1]")
+    goal.add_argument("--macs", type=int, help="absolute MACs (params with --match params)")
+    goal.add_argument("--preset", help="a named architecture of the space (methods with presets)")
+    p.add_argument("--match", choices=("macs", "params"), default="macs")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeat)")
+    p.add_argument("--seed", type=int, default=0, help="proposer seed (random choices)")
+    p.add_argument("--base-seed", type=int, default=0, help="seed of the base model's training")
+    p.add_argument("--data", help="dataset (default: the space's)")
+    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--val-size", type=int)
+    p.add_argument("--subset", type=int)
+    p.add_argument("--recipe", help="base model's recipe (default: the space's)")
+    p.add_argument("--base-epochs", type=int, help="base model's epochs (default: the recipe's)")
+    p.add_argument("--cache-dir", help="base-model cache folder (default $PRUNENAS_CACHE or ~/.cache/prunenas)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", help="write the proposal JSON here (masks file beside it)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_propose)
     return parser
 
 
@@ -143,6 +171,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prunenas.training_run import run_training
 
     return run_training(args)
+
+
+def cmd_proposers(args: argparse.Namespace) -> int:
+    from prunenas.proposers import PROPOSERS
+
+    rows = [{"name": name, "description": info.description, "needs_base_model": info.needs_base,
+             "presets": info.presets,
+             "params": {k: {"default": p.default, "type": p.kind.__name__, "help": p.help,
+                            **({"choices": list(p.choices)} if p.choices else {}),
+                            **({"range": [p.low, p.high]} if p.low is not None else {})}
+                        for k, p in info.params.items()}}
+            for name, info in ((n, PROPOSERS.get(n)) for n in PROPOSERS.names())]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        flags = ", ".join(f for f, on in (("needs a base model", row["needs_base_model"]),
+                                          ("presets", row["presets"])) if on)
+        print(f"{row['name']}: {row['description']}" + (f" [{flags}]" if flags else ""))
+        for key, p in row["params"].items():
+            print(f"    {key} = {p['default']!r} ({p['type']}) {p['help']}")
+    return 0
+
+
+def cmd_propose(args: argparse.Namespace) -> int:
+    from prunenas.proposing import run_propose
+
+    return run_propose(args)
 
 
 # -- helpers --------------------------------------------------------------------------------------------

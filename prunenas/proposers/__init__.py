@@ -18,7 +18,7 @@ from prunenas.proposers.registry import PROPOSERS, Param, ProposerError, propose
 
 
 def _register_builtins() -> None:
-    from prunenas.proposers import uniform  # noqa: F401
+    from prunenas.proposers import l1_norm, magnitude, sfp, slimming, uniform  # noqa: F401
 
 
 _register_builtins()

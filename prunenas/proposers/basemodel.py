@@ -120,6 +120,7 @@ class BaseModelProvider:
         self.data_root, self.val_size, self.subset = data_root, val_size, subset
         self.device, self.threads, self.log = device, threads, log
         self.trainings = 0  # base models this provider trained (the rest came from the cache)
+        self.artifact_dir = self.cache_dir / "masks"
         self._data: Data | None = None
 
     def config(self) -> TrainConfig:

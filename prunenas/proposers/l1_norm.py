@@ -1,0 +1,30 @@
+"""L1-norm filter pruning (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017).
+
+Each filter of a trained network is scored by the L1 norm of its weights; the filters with the largest norms
+are kept. ``preset`` targets reproduce the paper's hand-set per-layer ratios (VGG-16-A, ResNet-56-A/B, ...);
+cost targets rank per-layer-normalised norms globally (one threshold), so the widths are discovered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prunenas.proposers.proposal import Proposal, Target
+from prunenas.proposers.registry import Param, register_proposer
+from prunenas.proposers.scoring import filter_norms, select, to_proposal, untied
+from prunenas.proposers.select import slot_scores
+from prunenas.spaces import Space
+
+
+@register_proposer("l1-norm", presets=True, params={
+    "normalization": Param("max", ("none", "max", "mean", "l2"), str, "per-layer normalisation before ranking"),
+    "prune_tied": Param(False, kind=bool, help="also prune residual streams (the paper never did)"),
+})
+def l1_norm(space: Space, target: Target, provider: Any, params: Mapping[str, Any], seed: int) -> Proposal:
+    """Keep the filters with the largest L1 norms of a trained base network (Li et al. 2017)."""
+    base = provider.get(None)
+    norms = filter_norms(base.arch, base.architecture_state(), p=1)
+    scores = untied(base.arch, slot_scores(base.arch, norms, params["normalization"]), params["prune_tied"])
+    selection = select(space, scores, target, "l1-norm")
+    return to_proposal(space, "l1-norm", target, selection, base, params, seed)

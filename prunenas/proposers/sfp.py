@@ -1,0 +1,83 @@
+"""Soft Filter Pruning (He et al., "Soft Filter Pruning for Accelerating Deep CNNs", IJCAI 2018).
+
+During base training, after every epoch the filters with the smallest L2 norms are zeroed; they keep training
+and may recover (the pruning is "soft"). The filters zeroed after the last epoch define the architecture.
+
+* ``keep`` > 0: the paper's uniform mode — every pruned slot keeps ``N - int(N (1 - keep))`` filters.
+* a cost target: each epoch ranks per-layer-normalised filter norms globally and zeroes what one threshold at
+  the target drops, so the widths come out non-uniform.
+
+Residual streams are left alone unless ``prune_tied`` (then all producers of a stream channel are zeroed
+together, so the channel really disappears).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunenas.proposers.basemodel import RegularizerSpec, register_regularizer
+from prunenas.proposers.proposal import Proposal, Target
+from prunenas.proposers.registry import Param, ProposerError, register_proposer
+from prunenas.proposers.scoring import filter_norms, to_proposal, untied
+from prunenas.proposers.select import Selection, select_by_cost, select_widths, slot_scores
+from prunenas.spaces import Space
+from prunenas.train import Regularizer
+
+
+def sfp_selection(space: Space, state: Mapping[str, torch.Tensor], keep: float, target: Target,
+                  prune_tied: bool) -> Selection:
+    """The filters SFP keeps given the current weights (L2 norms, per-layer max-normalised)."""
+    base = space.base
+    scores = untied(base, slot_scores(base, filter_norms(base, state, p=2), "max"), prune_tied)
+    if keep > 0:
+        widths = list(space.upper)
+        for s in scores:
+            widths[s] = max(space.lower[s], space.upper[s] - int(space.upper[s] * (1 - keep)))
+        return select_widths(space, scores, widths)
+    return select_by_cost(space, scores, target.absolute(space), target.match)
+
+
+class SoftFilterPruning(Regularizer):
+    """Zeroes, after each epoch, the producer filters of the channels SFP drops."""
+
+    def __init__(self, space: Space, keep: float, target: Target, prune_tied: bool) -> None:
+        self.space, self.keep, self.target, self.prune_tied = space, keep, target, prune_tied
+
+    @torch.no_grad()
+    def end_epoch(self, model: nn.Module, epoch: int) -> None:
+        selection = sfp_selection(self.space, model.state_dict(), self.keep, self.target, self.prune_tied)
+        modules = dict(model.named_modules())
+        for layer in self.space.base.layers:
+            if layer.kind != "conv" or layer.output is None or layer.output not in selection.kept:
+                continue
+            dropped = sorted(set(range(layer.out_channels)) - set(selection.kept[layer.output]))
+            conv = modules[layer.name]
+            conv.weight[dropped] = 0
+            if conv.bias is not None:
+                conv.bias[dropped] = 0
+
+
+@register_regularizer("sfp")
+def sfp_regularizer(space: Space, keep: float, prune_tied: bool, target: tuple = ()) -> Regularizer:
+    return SoftFilterPruning(space, keep, Target.from_dict(dict(target)), prune_tied)
+
+
+@register_proposer("sfp", params={
+    "keep": Param(0.0, kind=float, help="uniform mode: fraction of filters kept per layer (the paper's rate, e.g. "
+                  "0.7); 0 = rank globally at the cost target", low=0.0, high=1.0),
+    "prune_tied": Param(False, kind=bool, help="also prune residual streams"),
+})
+def sfp(space: Space, target: Target, provider: Any, params: Mapping[str, Any], seed: int) -> Proposal:
+    """Filters zeroed by Soft Filter Pruning during base training (He et al. 2018)."""
+    keep = params["keep"]
+    if target.preset is not None or (keep == 0 and not target.is_cost):
+        raise ProposerError("proposer 'sfp' needs a cost target (ratio or MACs) or keep > 0")
+    goal = () if keep > 0 else tuple(sorted(target.to_dict().items()))
+    spec = RegularizerSpec.of("sfp", keep=keep, prune_tied=params["prune_tied"], target=goal)
+    base = provider.get(spec)
+    selection = sfp_selection(space, base.architecture_state(), keep, target, params["prune_tied"])
+    return to_proposal(space, "sfp", target, selection, base, params, seed)
