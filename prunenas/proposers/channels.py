@@ -141,7 +141,8 @@ def inherit(
 ) -> nn.Module:
     """``arch.build()`` with the weights inherited from the base network (see :func:`inherit_state`).
 
-    Loading is strict; masks of an unstructured ``arch`` are applied again after loading.
+    Loading is strict and copies into the freshly built parameters, which keep the dtype and device that
+    ``arch.build()`` gives them. Masks of an unstructured ``arch`` are applied again after loading.
     """
     model = arch.build()
     model.load_state_dict(inherit_state(base_arch, base_state, arch, kept), strict=True)
