@@ -239,7 +239,7 @@ def _widths_at(
                 widths = [0 if s in slots else w for s, w in enumerate(widths)]
         floored = [s for s in floored if widths[s]]
     base = space.base
-    return base.family_obj.repair_widths(base.opts, widths), tuple(floored)
+    return base.family_obj.repair_widths(base.opts, widths), tuple(sorted(floored))
 
 
 def _selection(scores: Mapping[int, Tensor], widths: Sequence[int], threshold: float | None,
