@@ -236,7 +236,8 @@ def _widths_at(
                 blocks.setdefault(slot.block, []).append(s)
         for slots in blocks.values():
             if all(counts.get(s) == 0 for s in slots):
-                widths = [0 if s in slots else w for s, w in enumerate(widths)]
+                for s in slots:
+                    widths[s] = 0
         floored = [s for s in floored if widths[s]]
     base = space.base
     return base.family_obj.repair_widths(base.opts, widths), tuple(sorted(floored))
