@@ -15,14 +15,14 @@ an :class:`~prunenas.arch.Architecture` alone, without building a model:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from prunenas.errors import ArchitectureError
 
 if TYPE_CHECKING:
-    from torch import nn
+    from torch import Tensor, nn
 
     from prunenas.arch import Architecture
 
@@ -141,6 +141,39 @@ class Family(ABC):
 
     def check(self, arch: Architecture) -> None:  # noqa: B027 (optional hook)
         """Family-specific width rules beyond count/bounds (override to add some)."""
+
+    def repair_widths(self, options: Mapping[str, Any], widths: Sequence[int]) -> tuple[int, ...]:
+        """The smallest element-wise raise of ``widths`` that :meth:`check` accepts (default: unchanged).
+
+        Proposers that choose every slot's width independently (e.g. by a global score threshold) call it so
+        that cross-slot rules hold. It must be monotone: larger inputs never give smaller outputs.
+        """
+        return tuple(widths)
+
+    def remap_buffers(  # noqa: B027 (optional hook)
+        self,
+        base_arch: Architecture,
+        arch: Architecture,
+        kept: Mapping[int, Sequence[int]],
+        state: MutableMapping[str, Tensor],
+    ) -> None:
+        """Weight inheritance hook for buffers that index channels without belonging to a layer.
+
+        :func:`prunenas.proposers.channels.inherit_state` slices every conv/linear/bn tensor itself and copies
+        all other tensors of ``arch``'s network from the base state unchanged; ``state`` holds that result.
+        Override to rewrite, in place, buffers whose *values* refer to channels (e.g. the option-A shortcut's
+        channel map). ``kept[s]`` lists, for every slot, the sorted original channels of ``base_arch`` that
+        ``arch`` keeps. Default: nothing to do.
+        """
+
+    def zero_buffers(  # noqa: B027 (optional hook)
+        self, arch: Architecture, model: nn.Module, dropped: Mapping[int, Sequence[int]]
+    ) -> None:
+        """Counterpart of :meth:`remap_buffers` for :func:`prunenas.proposers.channels.zero_channels`.
+
+        Override to cut parameter-free paths (e.g. a zero-pad shortcut) that would carry values into the
+        ``dropped[s]`` channels of slot ``s`` of ``model`` (a network of ``arch``). Default: nothing to do.
+        """
 
     # -- shared -------------------------------------------------------------------------------------
     def normalize_options(self, given: Mapping[str, Any]) -> dict[str, Any]:

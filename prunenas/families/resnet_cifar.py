@@ -12,7 +12,7 @@ Unlike the seed, the option-A shortcut passes gradients (the seed detaches it th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -58,6 +58,46 @@ class ResNetCifar(Family):
                     f"stage {s + 1} stream width {streams[s]} < stage {s} width {streams[s - 1]}: the "
                     "option-A shortcut zero-pads channels, so stream widths must not decrease"
                 )
+
+    def repair_widths(self, options: Mapping[str, Any], widths: Sequence[int]) -> tuple[int, ...]:
+        """Option A: raise each stage's stream width to at least the previous stage's."""
+        out = list(widths)
+        if options["shortcut"] == "A":
+            index = _table(tuple(sorted(options.items())))
+            for s in range(1, 3):
+                out[index["stream", s]] = max(out[index["stream", s]], out[index["stream", s - 1]])
+        return tuple(out)
+
+    def remap_buffers(self, base_arch: Architecture, arch: Architecture, kept: Mapping[int, Sequence[int]],
+                      state: MutableMapping[str, torch.Tensor]) -> None:
+        """Rewrite each option-A shortcut's ``source`` for the pruned streams.
+
+        Output ``j`` of the pruned shortcut is original output channel ``K2[j]`` (``K2``: kept channels of the
+        output stream). In the base network it read input channel ``base_source[K2[j]]``; the pruned one reads
+        that channel's position in the kept input stream ``K1``, or the zero channel if it was dropped or
+        was already the zero channel. With the standard base map this is ``K1.index(K2[j])`` when ``K2[j]``
+        is in ``K1`` (and below the base input width), else zero.
+        """
+        if arch.opts["shortcut"] != "A":
+            return
+        index = _table(arch.options)
+        for s in range(1, 3):
+            key = f"layer{s + 1}.0.shortcut.source"
+            if key not in state:
+                continue
+            k_in, k_out = kept[index["stream", s - 1]], kept[index["stream", s]]
+            position = {int(c): i for i, c in enumerate(k_in)}
+            base_source = state[key].tolist()
+            state[key] = torch.tensor([position.get(base_source[c], len(k_in)) for c in k_out], dtype=torch.long)
+
+    def zero_buffers(self, arch: Architecture, model: nn.Module, dropped: Mapping[int, Sequence[int]]) -> None:
+        """Send dropped output channels of each option-A shortcut to the zero channel."""
+        index = _table(arch.options)
+        for s in range(1, 3):
+            shortcut = model.get_submodule(f"layer{s + 1}.0.shortcut")
+            channels = list(dropped.get(index["stream", s], ()))
+            if isinstance(shortcut, ZeroPadShortcut) and channels:
+                shortcut.source[channels] = arch.widths[index["stream", s - 1]]
 
     def layers(self, arch: Architecture) -> list[Layer]:
         index = _table(arch.options)
