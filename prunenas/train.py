@@ -312,21 +312,8 @@ class _Run:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    @torch.inference_mode()
     def evaluate(self, split: Split) -> tuple[float, float]:
-        """Top-1 accuracy and mean loss on ``split`` (no augmentation)."""
-        if len(split) == 0:
-            return float("nan"), float("nan")
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        for x, y in split.batches(self.config.eval_batch_size):
-            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = self.forward(x)
-            loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-        return correct.item() / len(split), loss_sum.item() / len(split)
+        return evaluate(self.forward, split, self.device, self.config.eval_batch_size, self.amp_dtype)
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def save(self, path: str | Path, epochs_done: int) -> None:
@@ -356,6 +343,27 @@ class _Run:
         self.regularizer.load_state_dict(state["regularizer"])
         self.curve, self.steps = list(state["curve"]), int(state["steps"])
         return int(state["epochs_done"])
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Split, device: torch.device | str = "cpu", batch_size: int = 1024,
+             amp_dtype: torch.dtype | None = None) -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy of ``model`` on ``split`` (eval mode, no augmentation)."""
+    if len(split) == 0:
+        return float("nan"), float("nan")
+    device = torch.device(device)
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for x, y in split.batches(batch_size):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x)
+        loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    return correct.item() / len(split), loss_sum.item() / len(split)
 
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from prunenas.arch import Architecture
 from prunenas.data import Data, load_data
 from prunenas.errors import PrunenasError
 from prunenas.fileio import atomic_write_text
+from prunenas.proposers.proposal import Proposal
 from prunenas.registry import Registry
 from prunenas.spaces import Space
 from prunenas.train import Regularizer, TrainConfig, format_epoch, train
@@ -89,6 +90,19 @@ class BaseModel:
         model = self.arch.build()
         model.load_state_dict(self.architecture_state(which))
         return model.eval()
+
+    def inherit(self, proposal: Proposal, which: str = "trained") -> nn.Module:
+        """The proposed network with weights sliced from this base model's trained or initial state.
+
+        The ``finetune`` arm starts from ``trained``, the ``lottery`` arm from ``init`` (Frankle & Carbin 2019).
+        Masked proposals keep dense widths; their masks are applied to the inherited weights.
+        """
+        from prunenas.proposers.channels import inherit
+
+        if proposal.kept is None and proposal.arch.widths != self.arch.widths:
+            raise PrunenasError(f"proposal {proposal.method!r} records no kept channels: nothing to inherit")
+        kept = proposal.kept or {}
+        return inherit(self.arch, self.architecture_state(which), proposal.arch, kept)
 
     def architecture_state(self, which: str = "trained") -> dict[str, torch.Tensor]:
         """The state restricted to ``arch.build()``'s keys (drops a regulariser's extra tensors)."""

@@ -3,6 +3,10 @@
 Each filter of a trained network is scored by the L1 norm of its weights; the filters with the largest norms
 are kept. ``preset`` targets reproduce the paper's hand-set per-layer ratios (VGG-16-A, ResNet-56-A/B, ...);
 cost targets rank per-layer-normalised norms globally (one threshold), so the widths are discovered.
+
+Norms are divided by their layer's mean by default: dividing by the layer's maximum let a few large filters
+push whole early layers to one channel on VGG/Fashion-MNIST, and the pruned network kept far less accuracy
+(before retraining, at 70% MACs: 21% with max, 58% with mean, random filters at the same widths ~30%).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from prunenas.spaces import Space
 
 
 @register_proposer("l1-norm", presets=True, params={
-    "normalization": Param("max", ("none", "max", "mean", "l2"), str, "per-layer normalisation before ranking"),
+    "normalization": Param("mean", ("none", "max", "mean", "l2"), str,
+                           "per-layer normalisation before the global ranking (norms differ by fan-in)"),
     "prune_tied": Param(False, kind=bool, help="also prune residual streams (the paper never did)"),
 })
 def l1_norm(space: Space, target: Target, provider: Any, params: Mapping[str, Any], seed: int) -> Proposal:
