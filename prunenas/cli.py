@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from prunenas.arch import Architecture, load_architecture
@@ -103,6 +104,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the proposal JSON here (masks file beside it)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_propose)
+
+    p = sub.add_parser("search", help="run a pruning-as-NAS study (Ray Tune trials, Optuna sampler)")
+    p.add_argument("experiment", help="experiment YAML (see experiments/quickstart.yaml)")
+    p.add_argument("--out", help="run folder (default: STORAGE/NAME-DATE)")
+    p.add_argument("--address", help="Ray cluster to join: auto or HOST:6379 (default: a local Ray instance)")
+    p.add_argument("--dry-run", action="store_true", help="validate, print the planned trials and cost, write nothing")
+    p.add_argument("--cache-dir", help="base-model cache (shared storage on a cluster)")
+    p.add_argument("--num-samples", type=int, help="search trials (overrides search.num_samples)")
+    p.add_argument("--concurrency", type=int, help="trials at once (overrides concurrency)")
+    p.add_argument("--sampler", choices=("tpe", "nsga2", "random", "grid"))
+    p.add_argument("--epochs", type=int, help="training epochs of every arm (overrides recipe.epochs)")
+    p.add_argument("--no-dashboard", action="store_true", help="start the local Ray instance without its dashboard")
+    p.set_defaults(run=cmd_search)
+
+    p = sub.add_parser("resume", help="continue an interrupted run folder where it stopped")
+    p.add_argument("run_dir")
+    p.add_argument("--address", help="Ray cluster to join (default: a local Ray instance)")
+    p.add_argument("--no-dashboard", action="store_true")
+    p.set_defaults(run=cmd_resume)
     return parser
 
 
@@ -199,6 +219,38 @@ def cmd_propose(args: argparse.Namespace) -> int:
     from prunenas.proposing import run_propose
 
     return run_propose(args)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from prunenas.experiment import load_experiment
+
+    exp = load_experiment(args.experiment).with_overrides(
+        num_samples=args.num_samples, concurrency=args.concurrency, sampler=args.sampler, epochs=args.epochs)
+    if args.num_samples is not None and args.num_samples < 1:
+        raise PrunenasError(f"--num-samples {args.num_samples} must be >= 1")
+    if args.out and Path(args.out, "run.json").exists():
+        raise PrunenasError(f"{args.out} already holds a run; continue it with `prunenas resume {args.out}`")
+    from prunenas.search import run_search
+
+    run = run_search(exp, args.out, address=args.address, dry_run=args.dry_run, cache_dir=args.cache_dir,
+                     dashboard=not args.no_dashboard)
+    if run is not None:
+        from prunenas.report import results_table
+
+        print(results_table(run))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from prunenas.rundir import RunDir
+
+    RunDir(args.run_dir).state()  # a clear error for a missing or foreign folder, before Ray starts
+    from prunenas.report import results_table
+    from prunenas.search import resume
+
+    run = resume(args.run_dir, address=args.address, dashboard=not args.no_dashboard)
+    print(results_table(run))
+    return 0
 
 
 # -- helpers --------------------------------------------------------------------------------------------

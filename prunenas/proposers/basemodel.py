@@ -133,6 +133,7 @@ class BaseModelProvider:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.data_root, self.val_size, self.subset = data_root, val_size, subset
         self.device, self.threads, self.log = device, threads, log
+        self.on_epoch: Callable[[dict[str, float]], None] | None = None  # progress of a base training
         self.trainings = 0  # base models this provider trained (the rest came from the cache)
         self.artifact_dir = self.cache_dir / "masks"
         self._data: Data | None = None
@@ -181,7 +182,7 @@ class BaseModelProvider:
         if self.log:
             self.log(what + (f", regulariser {spec.kind} {dict(spec.params)})" if spec else ")"))
         result = train(model, self.data(), config, regularizer=regularizer, checkpoint=partial / "checkpoint.pt",
-                       arch=self.space.base, on_epoch=(lambda m: self.log(format_epoch(m))) if self.log else None)
+                       arch=self.space.base, on_epoch=self._progress)
         trained = result.model
         _save_state(init_state, partial / "init.safetensors")
         save_weights(trained, partial / "trained.safetensors")
@@ -193,6 +194,13 @@ class BaseModelProvider:
         (partial / "checkpoint.pt").unlink(missing_ok=True)
         os.replace(partial, entry)
         self.trainings += 1
+
+
+    def _progress(self, metrics: dict[str, float]) -> None:
+        if self.log:
+            self.log(format_epoch(metrics))
+        if self.on_epoch:
+            self.on_epoch(metrics)
 
 
 class StaticProvider:

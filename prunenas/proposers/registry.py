@@ -42,6 +42,13 @@ class ProposerInfo:
     description: str = ""
     needs_base: bool = True
     presets: bool = False
+    spec_fn: Callable[..., Any] | None = None
+
+    def base_spec(self, space: Space, target: Target, params: Mapping[str, Any]) -> Any:
+        """The RegularizerSpec of the base model this proposer trains (None: the plain base model)."""
+        if self.spec_fn is None:
+            return None
+        return self.spec_fn(space, target, self.check_params(params))
 
     def check_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(given) - set(self.params))
@@ -63,12 +70,17 @@ PROPOSERS: Registry[ProposerInfo] = Registry("proposer")
 
 
 def register_proposer(name: str, params: Mapping[str, Param] | None = None, description: str = "",
-                      needs_base: bool = True, presets: bool = False) -> Callable[[ProposeFn], ProposeFn]:
-    """Decorator registering ``fn(space, target, provider, params, seed) -> Proposal``."""
+                      needs_base: bool = True, presets: bool = False,
+                      base_spec: Callable[..., Any] | None = None) -> Callable[[ProposeFn], ProposeFn]:
+    """Decorator registering ``fn(space, target, provider, params, seed) -> Proposal``.
+
+    ``base_spec(space, target, params)`` names the regulariser of the base model the method needs (e.g.
+    Network Slimming's L1 on BN scales), so a search can train base models before its trials start.
+    """
 
     def decorator(fn: ProposeFn) -> ProposeFn:
         doc = description or (fn.__doc__ or "").strip().splitlines()[0]
-        PROPOSERS.register(name, ProposerInfo(name, fn, dict(params or {}), doc, needs_base, presets))
+        PROPOSERS.register(name, ProposerInfo(name, fn, dict(params or {}), doc, needs_base, presets, base_spec))
         return fn
 
     return decorator

@@ -66,18 +66,21 @@ def sfp_regularizer(space: Space, keep: float, prune_tied: bool, target: tuple =
     return SoftFilterPruning(space, keep, Target.from_dict(dict(target)), prune_tied)
 
 
-@register_proposer("sfp", params={
+def sfp_spec(space: Space, target: Target, params: Mapping[str, Any]) -> RegularizerSpec:
+    keep = params["keep"]
+    if target.preset is not None or (keep == 0 and not target.is_cost):
+        raise ProposerError("proposer 'sfp' needs a cost target (ratio or MACs) or keep > 0")
+    goal = () if keep > 0 else tuple(sorted(target.to_dict().items()))
+    return RegularizerSpec.of("sfp", keep=keep, prune_tied=params["prune_tied"], target=goal)
+
+
+@register_proposer("sfp", base_spec=sfp_spec, params={
     "keep": Param(0.0, kind=float, help="uniform mode: fraction of filters kept per layer (the paper's rate, e.g. "
                   "0.7); 0 = rank globally at the cost target", low=0.0, high=1.0),
     "prune_tied": Param(False, kind=bool, help="also prune residual streams"),
 })
 def sfp(space: Space, target: Target, provider: Any, params: Mapping[str, Any], seed: int) -> Proposal:
     """Filters zeroed by Soft Filter Pruning during base training (He et al. 2018)."""
-    keep = params["keep"]
-    if target.preset is not None or (keep == 0 and not target.is_cost):
-        raise ProposerError("proposer 'sfp' needs a cost target (ratio or MACs) or keep > 0")
-    goal = () if keep > 0 else tuple(sorted(target.to_dict().items()))
-    spec = RegularizerSpec.of("sfp", keep=keep, prune_tied=params["prune_tied"], target=goal)
-    base = provider.get(spec)
-    selection = sfp_selection(space, base.architecture_state(), keep, target, params["prune_tied"])
+    base = provider.get(sfp_spec(space, target, params))
+    selection = sfp_selection(space, base.architecture_state(), params["keep"], target, params["prune_tied"])
     return to_proposal(space, "sfp", target, selection, base, params, seed)

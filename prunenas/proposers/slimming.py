@@ -48,7 +48,11 @@ def strength(space: Space, params: Mapping[str, Any]) -> float:
     return params["s"] if params["s"] > 0 else SEED_STRENGTH.get(space.family, 1e-5)
 
 
-@register_proposer("slimming", params={
+def slimming_spec(space: Space, target: Target, params: Mapping[str, Any]) -> RegularizerSpec:
+    return RegularizerSpec.of("bn-l1", s=strength(space, params))
+
+
+@register_proposer("slimming", base_spec=slimming_spec, params={
     "s": Param(0.0, kind=float, help="L1 strength on BN scales; 0 = the seed's (1e-4 VGG, 1e-5 others)",
                low=0.0, high=1e-2),
     "percent": Param(0.0, kind=float, help="prune this fraction of all channels (the seed's rule) when no cost "
@@ -58,7 +62,7 @@ def strength(space: Space, params: Mapping[str, Any]) -> float:
 def slimming(space: Space, target: Target, provider: Any, params: Mapping[str, Any], seed: int) -> Proposal:
     """Global threshold on BN scales of a sparsity-trained base network (Liu et al. 2017)."""
     s = strength(space, params)
-    base = provider.get(RegularizerSpec.of("bn-l1", s=s))
+    base = provider.get(slimming_spec(space, target, params))
     scales = untied(base.arch, bn_scales_by_slot(base.arch, base.architecture_state()), params["prune_tied"])
     nonfinite_guard(scales, "BN scales")
     if target.is_cost or target.preset is not None:

@@ -1,0 +1,364 @@
+"""Experiment files: one YAML describing a whole pruning-as-NAS study, validated before anything runs.
+
+Every mistake names the key, the value and what is allowed. See ``experiments/quickstart.yaml`` for an
+annotated example and the README for the full list of keys. Parameter settings of a proposer (and the
+targets and the learning rate) are either a fixed value, a list (choices sampled by the search) or a range
+``{low, high, log}`` (sampled).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prunenas.data import DATASETS
+from prunenas.errors import PrunenasError
+from prunenas.recipes import RECIPES
+from prunenas.spaces import Space, load_space
+
+ARMS = ("proposed", "uniform", "random", "finetune", "lottery")
+BUDGETS = ("scratch-e", "scratch-b")
+SAMPLERS = ("tpe", "nsga2", "random", "grid")
+SELECTIONS = ("all", "top-k", "pareto")
+OBJECTIVES = (("val_acc",), ("val_acc", "macs"))
+SCHEDULERS = ("none", "asha")
+TOP_KEYS = {"name", "space", "data", "base", "proposers", "targets", "arms", "budgets", "seeds", "recipe",
+            "finetune", "search", "scheduler", "resources", "concurrency", "storage", "address", "max_failures",
+            "description"}
+
+
+class ExperimentError(PrunenasError):
+    """A malformed experiment file."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A sampled numeric setting."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+
+Setting = Any  # a fixed value, a list of choices, or a Range
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment (see the module docstring)."""
+
+    name: str
+    space: Space
+    dataset: str
+    data_root: str | None = None
+    val_size: int | None = None
+    subset: int | None = None
+    base_recipe: str = "fast"
+    base_epochs: int | None = None
+    base_seed: int = 0
+    proposers: Mapping[str, Mapping[str, Setting]] = field(default_factory=dict)
+    target: Setting = 0.5
+    match: str = "macs"
+    arms: tuple[str, ...] = ("proposed", "uniform")
+    budgets: tuple[str, ...] = ("scratch-e",)
+    search_seeds: tuple[int, ...] = (0,)
+    eval_seeds: tuple[int, ...] = (0,)
+    recipe: str = "fast"
+    epochs: int | None = None
+    lr: Setting = None
+    finetune_recipe: str = "cifar-finetune"
+    finetune_epochs: int | None = None
+    sampler: str = "tpe"
+    num_samples: int = 8
+    objectives: tuple[str, ...] = ("val_acc",)
+    direct: bool = False
+    select: str = "all"
+    top_k: int = 3
+    enqueue: bool = True
+    scheduler: str = "none"
+    cpu: float = 1.0
+    gpu: float = 0.0
+    concurrency: int | None = None
+    storage: str = "runs"
+    address: str | None = None
+    max_failures: int = 1
+    description: str = ""
+    source: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.proposers) + (["direct"] if self.direct else [])
+
+    def with_overrides(self, **changes: Any) -> Experiment:
+        """CLI flags override the file (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_experiment(path: str | os.PathLike) -> Experiment:
+    """Read and validate an experiment YAML."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ExperimentError(f"cannot read experiment file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ExperimentError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    try:
+        return experiment_from_dict(data, default_name=path.stem)
+    except ExperimentError as err:
+        raise ExperimentError(f"{path}: {err}") from None
+
+
+def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experiment:
+    root = _Reader(data, "")
+    root.only(TOP_KEYS)
+    space = _space(root.get("space", str, required=True))
+    data_sec, base, targets = root.section("data"), root.section("base"), root.section("targets")
+    seeds, recipe, search = root.section("seeds"), root.section("recipe"), root.section("search")
+    resources, finetune = root.section("resources"), root.section("finetune")
+    data_sec.only({"name", "root", "val_size", "subset"})
+    base.only({"recipe", "epochs", "seed"})
+    targets.only({"ratios", "macs", "match"})
+    seeds.only({"search", "eval"})
+    recipe.only({"name", "epochs", "lr"})
+    finetune.only({"recipe", "epochs"})
+    search.only({"sampler", "num_samples", "objectives", "direct", "select", "top_k", "enqueue"})
+    resources.only({"cpu", "gpu"})
+    dataset = data_sec.get("name", str, default=space.dataset)
+    if dataset not in DATASETS:
+        raise ExperimentError(f"data.name: unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS.names())}")
+    exp = Experiment(
+        name=root.get("name", str, default=default_name),
+        space=space,
+        dataset=dataset,
+        data_root=data_sec.get("root", str),
+        val_size=data_sec.get("val_size", int, minimum=0),
+        subset=data_sec.get("subset", int, minimum=1),
+        base_recipe=_recipe(base.get("recipe", str, default=space.recipe), "base.recipe"),
+        base_epochs=base.get("epochs", int, minimum=1),
+        base_seed=base.get("seed", int, default=0),
+        proposers=_proposers(root.get("proposers", dict, required=True)),
+        target=_targets(targets),
+        match=targets.choice("match", ("macs", "params"), default="macs"),
+        arms=tuple(root.choices("arms", ARMS, default=["proposed", "uniform"])),
+        budgets=tuple(root.choices("budgets", BUDGETS, default=["scratch-e"])),
+        search_seeds=tuple(seeds.int_list("search", default=[0])),
+        eval_seeds=tuple(seeds.int_list("eval", default=[0])),
+        recipe=_recipe(recipe.get("name", str, default=space.recipe), "recipe.name"),
+        epochs=recipe.get("epochs", int, minimum=1),
+        lr=_numeric_setting(recipe, "lr", positive=True),
+        finetune_recipe=_recipe(finetune.get("recipe", str, default="cifar-finetune"), "finetune.recipe"),
+        finetune_epochs=finetune.get("epochs", int, minimum=1),
+        sampler=search.choice("sampler", SAMPLERS, default="tpe"),
+        num_samples=search.get("num_samples", int, default=8, minimum=1),
+        objectives=_objectives(search),
+        direct=search.get("direct", bool, default=False),
+        select=search.choice("select", SELECTIONS, default="all"),
+        top_k=search.get("top_k", int, default=3, minimum=1),
+        enqueue=search.get("enqueue", bool, default=True),
+        scheduler=root.choice("scheduler", SCHEDULERS, default="none"),
+        cpu=resources.get("cpu", (int, float), default=1.0, minimum=0.01),
+        gpu=resources.get("gpu", (int, float), default=0.0, minimum=0.0),
+        concurrency=root.get("concurrency", int, minimum=1),
+        storage=root.get("storage", str, default="runs"),
+        address=root.get("address", str),
+        max_failures=root.get("max_failures", int, default=1, minimum=0),
+        description=root.get("description", str, default=""),
+        source=dict(data),
+    )
+    _cross_checks(exp)
+    return exp
+
+
+# -- section readers --------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed access to one YAML mapping with errors that name the key, the value and what is allowed."""
+
+    def __init__(self, data: Any, prefix: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            where = prefix.rstrip(".") or "the experiment"
+            raise ExperimentError(f"{where} must be a mapping, got {data!r}")
+        self.data, self.prefix = data, prefix
+
+    def only(self, allowed: set[str]) -> None:
+        unknown = sorted(set(self.data) - allowed)
+        if unknown:
+            raise ExperimentError(f"{self.prefix}{unknown[0]}: unknown key; allowed: {', '.join(sorted(allowed))}")
+
+    def section(self, key: str) -> _Reader:
+        return _Reader(self.data.get(key), f"{self.prefix}{key}.")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False,
+            minimum: float | None = None) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise ExperimentError(f"{self.prefix}{key}: missing (required)")
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ExperimentError(f"{self.prefix}{key}: {value!r} is not a {names}")
+        if minimum is not None and value < minimum:
+            raise ExperimentError(f"{self.prefix}{key}: {value!r} must be >= {minimum}")
+        return value
+
+    def choice(self, key: str, allowed: Sequence[str], default: str) -> str:
+        value = self.get(key, str, default=default)
+        if value not in allowed:
+            raise ExperimentError(f"{self.prefix}{key}: {value!r} not in {{{', '.join(allowed)}}}")
+        return value
+
+    def choices(self, key: str, allowed: Sequence[str], default: list[str]) -> list[str]:
+        values = self.get(key, list, default=default)
+        if not values:
+            raise ExperimentError(f"{self.prefix}{key}: empty; choose from {{{', '.join(allowed)}}}")
+        for value in values:
+            if value not in allowed:
+                raise ExperimentError(f"{self.prefix}{key}: {value!r} not in {{{', '.join(allowed)}}}")
+        return values
+
+    def int_list(self, key: str, default: list[int]) -> list[int]:
+        values = self.get(key, (list, int), default=default)
+        values = [values] if isinstance(values, int) else values
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ExperimentError(f"{self.prefix}{key}: {values!r} must be a non-empty list of integers")
+        return values
+
+
+def _space(name: str) -> Space:
+    try:
+        return load_space(name)
+    except PrunenasError as err:
+        raise ExperimentError(f"space: {err}") from None
+
+
+def _recipe(name: str, where: str) -> str:
+    if name not in RECIPES:
+        raise ExperimentError(f"{where}: unknown recipe {name!r}; choose one of: {', '.join(RECIPES.names())}")
+    return name
+
+
+def _proposers(data: dict) -> dict[str, dict[str, Setting]]:
+    from prunenas.proposers import PROPOSERS
+
+    if not data:
+        raise ExperimentError("proposers: empty; name at least one of: " + ", ".join(PROPOSERS.names()))
+    out: dict[str, dict[str, Setting]] = {}
+    for method, settings in data.items():
+        if method not in PROPOSERS:
+            raise ExperimentError(f"proposers.{method}: unknown proposer; choose from: {', '.join(PROPOSERS.names())}")
+        info = PROPOSERS.get(method)
+        reader = _Reader(settings, f"proposers.{method}.")
+        reader.only(set(info.params))
+        out[method] = {}
+        for key, value in reader.data.items():
+            where = f"proposers.{method}.{key}"
+            spec = info.params[key]
+            out[method][key] = _setting(value, where, lambda v, i=info, k=key, w=where: _param_value(i, k, v, w),
+                                        numeric=spec.kind in (int, float), integer=spec.kind is int)
+    return out
+
+
+def _param_value(info: Any, key: str, value: Any, where: str) -> Any:
+    try:
+        return info.check_params({key: value})[key]
+    except PrunenasError as err:
+        raise ExperimentError(f"{where}: {err}") from None
+
+
+def _setting(value: Any, where: str, check: Any, numeric: bool, integer: bool = False) -> Setting:
+    """A fixed value, a list of choices, or a {low, high, log} range — each value checked."""
+    if isinstance(value, list):
+        if not value:
+            raise ExperimentError(f"{where}: empty list of choices")
+        return [check(v) for v in value]
+    if isinstance(value, dict):
+        if not numeric:
+            raise ExperimentError(f"{where}: a range {{low, high}} needs a numeric parameter")
+        reader = _Reader(value, where + ".")
+        reader.only({"low", "high", "log"})
+        low = check(reader.get("low", (int, float), required=True))
+        high = check(reader.get("high", (int, float), required=True))
+        log = reader.get("log", bool, default=False)
+        if not low < high or (log and low <= 0):
+            raise ExperimentError(f"{where}: range needs low < high (and low > 0 with log); got {value!r}")
+        return Range(low, high, log, integer)
+    return check(value)
+
+
+def _targets(targets: _Reader) -> Setting:
+    if "ratios" in targets.data and "macs" in targets.data:
+        raise ExperimentError("targets: give ratios or macs, not both")
+    if "macs" in targets.data:
+        def check_macs(v: Any) -> int:
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ExperimentError(f"targets.macs: {v!r} must be a positive integer")
+            return v
+        return ("macs", _setting(targets.data["macs"], "targets.macs", check_macs, numeric=True, integer=True))
+
+    def check_ratio(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise ExperimentError(f"targets.ratios: {v!r} must be a ratio in (0, 1]")
+        return float(v)
+    return ("ratio", _setting(targets.data.get("ratios", [0.5]), "targets.ratios", check_ratio, numeric=True))
+
+
+def _numeric_setting(reader: _Reader, key: str, positive: bool) -> Setting:
+    if reader.data.get(key) is None:
+        return None
+
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (positive and v <= 0):
+            raise ExperimentError(f"{reader.prefix}{key}: {v!r} must be a positive number")
+        return float(v)
+    return _setting(reader.data[key], reader.prefix + key, check, numeric=True)
+
+
+def _objectives(search: _Reader) -> tuple[str, ...]:
+    value = tuple(search.get("objectives", list, default=["val_acc"]))
+    if value not in OBJECTIVES:
+        raise ExperimentError(f"search.objectives: {list(value)} must be [val_acc] or [val_acc, macs]")
+    return value
+
+
+def _cross_checks(exp: Experiment) -> None:
+    from prunenas.budget import cost_of
+
+    if exp.sampler == "grid":
+        for where, setting in _all_settings(exp):
+            if isinstance(setting, Range):
+                raise ExperimentError(f"{where}: the grid sampler needs lists of choices, not ranges")
+    if exp.sampler == "nsga2" and len(exp.objectives) == 1:
+        raise ExperimentError("search.sampler: nsga2 is for two objectives (objectives: [val_acc, macs])")
+    kind, setting = exp.target
+    smallest = cost_of(exp.space.arch(exp.space.lower), exp.match)
+    for value in _setting_values(setting):
+        cost = value * cost_of(exp.space.base, exp.match) if kind == "ratio" else value
+        if cost < smallest:
+            raise ExperimentError(f"targets.{kind}: {value} ({cost:.0f} {exp.match}) is below the smallest "
+                                  f"architecture of {exp.space.name} ({smallest} {exp.match})")
+
+
+def _all_settings(exp: Experiment) -> list[tuple[str, Setting]]:
+    out = [(f"proposers.{m}.{k}", v) for m, params in exp.proposers.items() for k, v in params.items()]
+    out.append((f"targets.{exp.target[0]}s" if exp.target[0] == "ratio" else "targets.macs", exp.target[1]))
+    if exp.lr is not None:
+        out.append(("recipe.lr", exp.lr))
+    return out
+
+
+def _setting_values(setting: Setting) -> list[Any]:
+    if isinstance(setting, Range):
+        return [setting.low, setting.high]
+    return list(setting) if isinstance(setting, list) else [setting]

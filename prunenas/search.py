@@ -1,0 +1,345 @@
+"""The search: three phases of Ray Tune trials, Optuna sampling the proposals. The only module that imports
+``ray.tune`` and ``optuna``.
+
+0. base models the proposers need, one Tune trial each, trained once into the cache;
+1. search: ``OptunaSearch`` (define-by-run, :func:`prunenas.plan.suggest`) samples method x parameters x
+   target (and learning rate, and with ``direct: true`` per-slot widths); each trial builds the proposal and
+   trains it from scratch (Scratch-E) on the search seeds; Optuna is told the mean final validation accuracy
+   (and MACs for a Pareto search). The study lives in ``RUN/optuna.journal``;
+2. evaluation: a plain Tune run over every arm x budget x evaluation seed of the selected proposals.
+
+Every trained network is one row of ``RUN/results.jsonl`` (prunenas.results), written by the trial itself,
+so nothing finished is lost when the driver dies; :func:`resume` continues in whichever phase it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import yaml
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from prunenas.experiment import Experiment, experiment_from_dict
+from prunenas.plan import (
+    base_model_specs,
+    enqueued_points,
+    estimate,
+    format_estimate,
+    grid_points,
+    select_proposals,
+    suggest,
+    target_object,
+)
+from prunenas.proposers import load_proposal
+from prunenas.rundir import RunDir
+from prunenas.trials import Context, Training, make_proposal, plan_arms, proposal_id, run_training
+
+STUDY = "search"
+
+
+def run_search(exp: Experiment, out: str | os.PathLike | None = None, *, address: str | None = None,
+               dry_run: bool = False, cache_dir: str | None = None, dashboard: bool = True) -> RunDir | None:
+    """Run a whole study into a new run folder (or print the plan with ``dry_run``)."""
+    if dry_run:
+        print(format_estimate(exp, estimate(exp, _train_images(exp))))
+        return None
+    run = RunDir(out or Path(exp.storage) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    source = dict(exp.source, **({"address": address} if address else {}))
+    run.create(exp.name, yaml.safe_dump(source, sort_keys=False))
+    if cache_dir:
+        run.write_state(cache_dir=str(Path(cache_dir).resolve()))
+    _execute(run, exp, address or exp.address, dashboard)
+    return run
+
+
+def resume(path: str | os.PathLike, *, address: str | None = None, dashboard: bool = True) -> RunDir:
+    """Continue an interrupted run where it stopped; finished rows are never retrained."""
+    run = RunDir(path)
+    state = run.state()
+    if state.get("status") == "finished":
+        from prunenas.errors import PrunenasError
+
+        raise PrunenasError(f"{run.path} is finished; nothing to resume (report it with `prunenas report {run.path}`)")
+    exp = experiment_from_dict(yaml.safe_load((run.path / "experiment.yaml").read_text()), state.get("name", "run"))
+    _execute(run, exp, address or exp.address, dashboard)
+    return run
+
+
+def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool) -> None:
+    exp = _absolute_paths(exp)
+    ctx = Context(exp, run, cache_dir=run.state().get("cache_dir"), threads=max(1, int(exp.cpu)),
+                  log=None)
+    ctx.data()  # fail early on missing data; trials receive it through Ray's object store
+    _init_ray(address, dashboard)
+    try:
+        print(f"run folder {run.path}")
+        run.write_state(phase=0)
+        _phase_base_models(ctx)
+        run.write_state(phase=1)
+        _phase_search(ctx)
+        run.write_state(phase=2)
+        _phase_evaluate(ctx)
+        run.write_state(status="finished", phase=3)
+        print(f"finished: {run.path}  (report: prunenas report {run.path})")
+    finally:
+        ray.shutdown()
+
+
+def _init_ray(address: str | None, dashboard: bool) -> None:
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # Ray starts workers at niceness 15; here the trials *are* the job, so they run at normal priority
+    # (set RAY_worker_niceness yourself to change it). Applies to the local instance only.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    if address:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+    else:
+        # "local": always a fresh instance here, never a stray cluster left by `ray start`
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 ignore_reinit_error=True)
+
+
+def _absolute_paths(exp: Experiment) -> Experiment:
+    if exp.data_root:
+        return exp.with_overrides(data_root=str(Path(exp.data_root).resolve()))
+    return exp
+
+
+def _train_images(exp: Experiment) -> int:
+    from prunenas.data import load_data
+
+    try:
+        return len(load_data(exp.dataset, exp.space.input_shape, exp.space.num_classes, val_size=exp.val_size,
+                             subset=exp.subset, root=exp.data_root).train)
+    except Exception:  # noqa: BLE001 - a dry run on a machine without the data still prints the plan
+        return exp.subset or 50000
+
+
+# -- Tune plumbing ----------------------------------------------------------------------------------------
+
+
+def _tuner(ctx: Context, trainable: Any, name: str, param_space: dict, **tune_config: Any) -> tune.Tuner:
+    exp = ctx.experiment
+    resources = {"cpu": exp.cpu, "gpu": exp.gpu}
+    fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), resources)
+    run_config = tune.RunConfig(name=name, storage_path=str(ctx.run.tune_dir), verbose=1,
+                                failure_config=tune.FailureConfig(max_failures=exp.max_failures),
+                                callbacks=[_TrialSummary()])
+    config = tune.TuneConfig(max_concurrent_trials=exp.concurrency, **tune_config)
+    return tune.Tuner(fn, param_space=param_space, tune_config=config, run_config=run_config)
+
+
+def _attempt_name(ctx: Context, phase: str) -> str:
+    """A fresh Tune experiment name per attempt (resume never depends on Tune's own restore)."""
+    existing = len(list(ctx.run.tune_dir.glob(f"{phase}-*"))) if ctx.run.tune_dir.exists() else 0
+    return f"{phase}-{existing + 1}"
+
+
+class _TrialSummary(tune.Callback):
+    """One line per finished or failed trial, beside Tune's progress table."""
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        print(f"[prunenas] done {trial.trial_id}: {result.get('summary', '')}", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"[prunenas] FAILED {trial.trial_id}: see {getattr(trial, 'path', '')}", flush=True)
+
+
+def _report_epochs(prefix: dict[str, Any]):
+    def report(metrics: dict[str, float]) -> None:
+        tune.report({**prefix, "epoch_val_acc": metrics["val_acc"], "epoch": metrics["epoch"],
+                     "train_loss": metrics["train_loss"], "images_per_s": metrics["images_per_s"],
+                     "score": metrics["val_acc"], "final": False})
+    return report
+
+
+# -- phase 0: base models ---------------------------------------------------------------------------------
+
+
+def _phase_base_models(ctx: Context) -> None:
+    specs = base_model_specs(ctx.experiment)
+    provider = ctx.provider()
+    missing = [(m, s) for m, s in specs if not (provider.cache_dir / provider.key(s)).exists()]
+    print(f"phase 0: {len(specs)} base model(s), {len(missing)} to train")
+    if not missing:
+        return
+    grid = [{"method": m, "spec": None if s is None else {"kind": s.kind, "params": list(map(list, s.params))}}
+            for m, s in missing]
+    results = _tuner(ctx, _base_model_trial, _attempt_name(ctx, "base"),
+                     {"base": tune.grid_search(grid)}).fit()
+    _raise_if_all_failed(results, "phase 0 (base models)")
+
+
+def _base_model_trial(config: dict, ctx: Context) -> None:
+    from prunenas.proposers.basemodel import RegularizerSpec
+
+    spec = config["base"]["spec"]
+    spec = None if spec is None else RegularizerSpec(spec["kind"], tuple((k, _tuple(v)) for k, v in spec["params"]))
+    provider = ctx.provider()
+    provider.on_epoch = _report_epochs({"phase": "base"})
+    base = provider.get(spec)
+    tune.report({"score": base.val_acc, "final": True, "phase": "base",
+                 "summary": f"base model {base.key} ({config['base']['method']}): val {base.val_acc:.2%}"})
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+# -- phase 1: search --------------------------------------------------------------------------------------
+
+
+class _Searcher(OptunaSearch):
+    """OptunaSearch that tells Optuna only final scores: per-epoch reports are not the objective, a trial
+    stopped early (ASHA) is PRUNED, and a failed or diverged trial is FAIL — never a score."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        return
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        final = result if (result and result.get("final") and not error) else None
+        super().on_trial_complete(trial_id, final, error)
+
+
+def _storage(run: RunDir) -> optuna.storages.BaseStorage:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(run.journal)))
+
+
+def _sampler(exp: Experiment) -> optuna.samplers.BaseSampler:
+    seed = exp.search_seeds[0]
+    if exp.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if exp.sampler in ("random", "grid"):  # grid: every point is enqueued, the sampler never decides
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _directions(exp: Experiment) -> dict[str, Any]:
+    if len(exp.objectives) == 2:
+        return {"directions": ["maximize", "minimize"]}
+    return {"direction": "maximize"}
+
+
+def prepare_study(run: RunDir, exp: Experiment) -> tuple[int, int]:
+    """Create or reopen the study: RUNNING trials of a killed driver become FAIL and are enqueued again.
+
+    Returns (trials finished, trials still to run).
+    """
+    storage = _storage(run)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    study = optuna.create_study(storage=storage, study_name=STUDY, load_if_exists=True, **_directions(exp))
+    if STUDY not in names:
+        points = grid_points(exp) if exp.sampler == "grid" else enqueued_points(exp) if exp.enqueue else []
+        for point in points:
+            study.enqueue_trial(point, skip_if_exists=True)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params)
+        print(f"  trial {trial.number} was running when the driver stopped: marked failed and enqueued again")
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    finished = sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states)
+    waiting = sum(s == optuna.trial.TrialState.WAITING for s in states)
+    total = len(grid_points(exp)) if exp.sampler == "grid" else max(exp.num_samples, len(enqueued_points(exp)))
+    return finished, max(total - finished, waiting)
+
+
+def _phase_search(ctx: Context) -> None:
+    exp = ctx.experiment
+    finished, remaining = prepare_study(ctx.run, exp)
+    print(f"phase 1: search, {finished} trial(s) done, {remaining} to run "
+          f"({exp.sampler}, {len(exp.search_seeds)} seed(s) each)")
+    if remaining <= 0:
+        return
+    metric, mode = (["score", "macs"], ["max", "min"]) if len(exp.objectives) == 2 else ("score", "max")
+    searcher = _Searcher(space=functools.partial(suggest, exp=exp), metric=metric, mode=mode,
+                         sampler=_sampler(exp), study_name=STUDY, storage=_storage(ctx.run))
+    scheduler = None
+    if exp.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(metric="epoch_val_acc", mode="max", grace_period=1,
+                                  max_t=max(1, (exp.epochs or 1)) * len(exp.search_seeds))
+    results = _tuner(ctx, _search_trial, _attempt_name(ctx, "search"), {}, search_alg=searcher,
+                     scheduler=scheduler, num_samples=remaining).fit()
+    _raise_if_all_failed(results, "phase 1 (search)")
+
+
+def _search_trial(config: dict, ctx: Context) -> None:
+    spec = config["trial"]
+    exp = ctx.experiment
+    target = spec["target"]
+    proposal = make_proposal(ctx, spec["method"], spec["params"], target_object(exp, target))
+    pid = proposal_id(proposal)
+    accuracies = []
+    for i, seed in enumerate(exp.search_seeds):
+        training = Training(proposal.arch, "proposed", "scratch-e", seed, spec["lr"], pid, proposal.method)
+        row = run_training(ctx, training, "search", on_epoch=_report_epochs({"proposal": pid, "seed_index": i}))
+        accuracies.append(row["val_acc"])
+    score = statistics.fmean(accuracies)
+    macs = row["macs"]
+    tune.report({"score": score, "val_acc": score, "macs": macs, "proposal": pid, "final": True,
+                 "summary": f"{proposal.method} {dict(spec['params'])} target {target}: val {score:.2%} "
+                            f"(n={len(accuracies)}), {macs / 1e6:.2f}M MACs"})
+
+
+# -- phase 2: evaluation ----------------------------------------------------------------------------------
+
+
+def _phase_evaluate(ctx: Context) -> None:
+    exp = ctx.experiment
+    rows = [r for r in ctx.run.results.latest().values() if r["phase"] == "search" and r["status"] == "ok"]
+    by_proposal: dict[str, list[dict]] = {}
+    for row in rows:
+        by_proposal.setdefault(row["proposal"], []).append(row)
+    scores = {pid: (statistics.fmean(r["val_acc"] for r in rs), rs[0]["macs"]) for pid, rs in by_proposal.items()}
+    chosen = select_proposals(exp, scores)
+    lrs = {pid: rs[0]["recipe"]["lr"] if exp.lr is not None else None for pid, rs in by_proposal.items()}
+    plan, trainings = {}, {}
+    for pid in chosen:
+        proposal = load_proposal(ctx.run.proposal_path(pid))
+        for training in plan_arms(ctx, proposal, pid, lrs[pid]):
+            from prunenas.trials import training_key
+
+            key = training_key(ctx, training)
+            plan.setdefault(pid, []).append({"arm": training.arm, "budget": training.budget,
+                                             "seed": training.seed, "key": key})
+            trainings[key] = training
+    ctx.run.write_json("plan.json", {"selected": chosen, "select": exp.select, "proposals": plan})
+    todo = [k for k in trainings if ctx.run.results.final(k) is None]
+    print(f"phase 2: evaluation of {len(chosen)} proposal(s): {len(trainings)} training(s), {len(todo)} to run")
+    if not todo:
+        return
+    grid = [trainings[k].to_dict() for k in todo]
+    results = _tuner(ctx, _evaluation_trial, _attempt_name(ctx, "eval"), {"training": tune.grid_search(grid)}).fit()
+    _raise_if_all_failed(results, "phase 2 (evaluation)")
+
+
+def _evaluation_trial(config: dict, ctx: Context) -> None:
+    training = Training.from_dict(config["training"], ctx.run)
+    row = run_training(ctx, training, "eval", on_epoch=_report_epochs({"arm": training.arm}))
+    tune.report({"score": row["val_acc"], "final": True, "arm": training.arm,
+                 "summary": f"{training.arm} {training.budget} seed {training.seed} ({training.method}): "
+                            f"val {row['val_acc']:.2%}, test {row['test_acc']:.2%}"})
+
+
+def _raise_if_all_failed(results: Any, phase: str) -> None:
+    errors = results.num_errors
+    if errors:
+        print(f"{phase}: {errors} trial(s) failed (rows marked failed; `prunenas resume` retries them)",
+              file=sys.stderr)
+    if errors and errors == len(results):
+        from prunenas.errors import PrunenasError
+
+        raise PrunenasError(f"every trial of {phase} failed; first error: {results.errors[0]}")

@@ -1,0 +1,275 @@
+"""One trial = one network trained once: the pure (Ray-free) logic of the search and evaluation phases.
+
+:func:`make_proposal` turns a sampled (method, parameters, target) into a Proposal; :func:`plan_arms` gives
+the networks of the arms compared with it (the proposal itself, its uniform twin at the same cost, random
+widths at the same cost, fine-tuned and lottery-ticket versions); :func:`run_training` trains one of them —
+or returns its existing row — and appends the row to the run's results store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunenas.arch import Architecture, from_dict
+from prunenas.budget import cost_of, scratch_epochs, uniform_twin
+from prunenas.cost import count
+from prunenas.data import Data, load_data
+from prunenas.environment import environment
+from prunenas.experiment import Experiment
+from prunenas.proposers import Proposal, Target, load_proposal, propose
+from prunenas.proposers.basemodel import BaseModelProvider
+from prunenas.proposers.proposal import achieved
+from prunenas.recipes import RECIPES
+from prunenas.rundir import RunDir
+from prunenas.train import TrainConfig, TrainingDiverged, train
+from prunenas.weights import save_weights
+
+INITS = {"proposed": "scratch", "uniform": "scratch", "random": "scratch", "finetune": "trained", "lottery": "init"}
+
+
+@dataclass
+class Context:
+    """What every trial of a run shares: the experiment, the run folder, the base-model cache, the data."""
+
+    experiment: Experiment
+    run: RunDir
+    cache_dir: str | None = None
+    threads: int | None = None
+    device: str = "auto"
+    log: Callable[[str], None] | None = None
+    _data: Data | None = field(default=None, repr=False)
+
+    def data(self) -> Data:
+        if self._data is None:
+            e = self.experiment
+            self._data = load_data(e.dataset, e.space.input_shape, e.space.num_classes, val_size=e.val_size,
+                                   subset=e.subset, root=e.data_root)
+        return self._data
+
+    def provider(self) -> BaseModelProvider:
+        e = self.experiment
+        provider = BaseModelProvider(e.space, dataset=e.dataset, recipe=e.base_recipe, seed=e.base_seed,
+                                     epochs=e.base_epochs, cache_dir=self.cache_dir, data_root=e.data_root,
+                                     val_size=e.val_size, subset=e.subset, device=self.device,
+                                     threads=self.threads, log=self.log)
+        provider._data = self._data
+        provider.artifact_dir = self.run.path / "proposals"
+        return provider
+
+
+# -- proposals ------------------------------------------------------------------------------------------
+
+
+def make_proposal(ctx: Context, method: str, params: Mapping[str, Any], target: Target) -> Proposal:
+    """The proposal of ``method`` (or of directly sampled widths, ``method == "direct"``), saved in the run."""
+    space = ctx.experiment.space
+    if method == "direct":
+        arch = space.arch(params["widths"])
+        proposal = Proposal(arch, "direct", {"widths": list(arch.widths)}, target, 0, None,
+                            achieved(space, arch, target.match))
+    else:
+        from prunenas.proposers import PROPOSERS
+
+        provider = ctx.provider() if PROPOSERS.get(method).needs_base else None
+        proposal = propose(method, space, target, provider, dict(params), seed=0)
+    path = ctx.run.proposal_path(proposal_id(proposal))
+    if not path.exists():
+        from prunenas.proposing import save_with_masks
+
+        save_with_masks(proposal, path)
+    return load_proposal(path)
+
+
+def proposal_id(proposal: Proposal) -> str:
+    """Stable id of a proposal: method, parameters, target, seed, architecture and base model."""
+    identity = {"method": proposal.method, "params": proposal.params, "target": proposal.target.to_dict(),
+                "seed": proposal.seed, "arch": proposal.arch.digest(),
+                "base": proposal.provenance.get("base_model")}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- trainings ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Training:
+    """One network trained once: architecture, arm, budget, seed, learning rate and initial weights."""
+
+    arch: Architecture
+    arm: str
+    budget: str  # scratch-e | scratch-b | finetune
+    seed: int
+    lr: float | None = None
+    proposal: str | None = None  # proposal id (group of twins; whose kept channels the inherit arms use)
+    method: str | None = None
+
+    @property
+    def init(self) -> str:
+        return INITS[self.arm]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["arch"] = arch_dict(self.arch)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], run: RunDir) -> Training:
+        data = dict(data)
+        data["arch"] = from_dict(data["arch"], base_dir=run.path / "proposals")
+        return cls(**data)
+
+
+def training_config(ctx: Context, training: Training) -> TrainConfig:
+    """Recipe, epochs (Scratch-E/B from budget.scratch_epochs only), learning rate, seed, threads."""
+    e = ctx.experiment
+    if training.budget == "finetune":
+        recipe = RECIPES.get(e.finetune_recipe)
+        recipe = recipe.with_epochs(e.finetune_epochs) if e.finetune_epochs else recipe
+    else:
+        recipe = RECIPES.get(e.recipe)
+        recipe = recipe.with_epochs(e.epochs) if e.epochs else recipe
+        if training.budget == "scratch-b":
+            schedule = scratch_epochs("scratch-b", recipe.epochs, count(e.space.base).macs,
+                                      count(training.arch).macs, e.space.scratch_b_cap, recipe.milestones)
+            recipe = recipe.with_epochs(schedule.epochs)
+    overrides: dict[str, Any] = {"seed": training.seed, "threads": ctx.threads, "device": ctx.device}
+    if training.lr is not None:
+        overrides["lr"] = training.lr
+    return TrainConfig.from_recipe(recipe, **overrides)
+
+
+def training_key(ctx: Context, training: Training, config: TrainConfig | None = None) -> str:
+    """Digest of everything that determines the trained weights."""
+    e = ctx.experiment
+    config = config or training_config(ctx, training)
+    recipe = {k: v for k, v in asdict(config).items() if k not in ("device", "threads", "compile",
+                                                                      "eval_batch_size")}
+    identity = {"arch": training.arch.digest(), "arm": training.arm, "budget": training.budget, "recipe": recipe,
+                "data": [e.dataset, e.val_size, e.subset], "init": training.init}
+    if training.init != "scratch":
+        identity.update(proposal=training.proposal, base=[e.base_recipe, e.base_epochs, e.base_seed])
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def run_training(ctx: Context, training: Training, phase: str,
+                 on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train ``training`` (resuming its checkpoint) unless its key already has a final row; return the row.
+
+    Raises TrainingDiverged (recorded as ``diverged``) and any other error (recorded as ``failed`` with its
+    traceback in ``errors/KEY.txt``) after writing the row, so the caller (a Ray trial) fails visibly.
+    """
+    config = training_config(ctx, training)
+    key = training_key(ctx, training, config)
+    store = ctx.run.results
+    existing = store.final(key)
+    if existing is not None:
+        if existing["status"] == "diverged":
+            raise TrainingDiverged(existing["diverged_epoch"], existing["diverged_step"], float("nan"))
+        return existing
+    cost = count(training.arch)
+    row: dict[str, Any] = {"key": key, "phase": phase, "arm": training.arm, "budget": training.budget,
+                           "seed": training.seed, "method": training.method, "proposal": training.proposal,
+                           "arch": arch_dict(training.arch), "digest": training.arch.digest(), "macs": cost.macs,
+                           "params": cost.params, "epochs": config.epochs, "recipe": _recipe_dict(config),
+                           "init": training.init, "environment": environment(config.device)}
+    started = time.time()
+    try:
+        from prunenas.faults import fault_point
+
+        fault_point("trial.start", key=key, arm=training.arm)
+        result = train(_initial(ctx, training), ctx.data(), config, checkpoint=ctx.run.checkpoint_path(key),
+                       arch=training.arch, on_epoch=on_epoch)
+    except TrainingDiverged as err:
+        store.append({**row, "status": "diverged", "diverged_epoch": err.epoch, "diverged_step": err.step,
+                      "error": str(err), "seconds": time.time() - started})
+        raise
+    except Exception as err:
+        path = ctx.run.error_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc())
+        store.append({**row, "status": "failed", "error": f"{type(err).__name__}: {err}",
+                      "traceback": str(path.relative_to(ctx.run.path)), "seconds": time.time() - started})
+        raise
+    weights = ctx.run.weights_path(key)
+    save_weights(result.model, weights, {"key": key, "digest": training.arch.digest()})
+    row.update(status="ok", val_acc=result.val_acc, val_loss=result.val_loss, test_acc=result.test_acc,
+               test_loss=result.test_loss, curve=[_epoch_summary(m) for m in result.curve],
+               images_per_s=result.images_per_s, seconds=result.seconds,
+               weights=str(weights.relative_to(ctx.run.path)), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    store.append(row)
+    ctx.run.checkpoint_path(key).unlink(missing_ok=True)
+    return row
+
+
+def arch_dict(arch: Architecture) -> dict[str, Any]:
+    """JSON of ``arch`` for the run folder: a masks file is named relative to ``RUN/proposals``."""
+    data = arch.to_dict()
+    if arch.masks is not None:
+        data["masks"]["file"] = Path(arch.masks.path).name
+    return data
+
+
+def _initial(ctx: Context, training: Training) -> Architecture | Any:
+    if training.init == "scratch":
+        return training.arch
+    proposal = load_proposal(ctx.run.proposal_path(training.proposal))
+    return ctx.provider().get(_base_spec(ctx, proposal)).inherit(proposal, training.init)
+
+
+def _base_spec(ctx: Context, proposal: Proposal):
+    from prunenas.proposers import PROPOSERS
+
+    return PROPOSERS.get(proposal.method).base_spec(ctx.experiment.space, proposal.target, proposal.params)
+
+
+def _recipe_dict(config: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in asdict(config).items() if k not in ("device", "threads", "compile", "eval_batch_size")}
+
+
+def _epoch_summary(m: Mapping[str, float]) -> dict[str, float]:
+    return {k: round(m[k], 6) for k in ("epoch", "train_loss", "train_acc", "val_acc", "val_loss", "lr", "seconds")}
+
+
+# -- the arms of one proposal ---------------------------------------------------------------------------
+
+
+def plan_arms(ctx: Context, proposal: Proposal, pid: str, lr: float | None = None) -> list[Training]:
+    """Every training of the evaluation phase for one proposal: arms x budgets x evaluation seeds.
+
+    Twins share seeds and recipe. ``uniform``: base widths x one multiplier at the proposal's achieved cost
+    (masked proposals: the same sparsity in every layer); ``random``: random widths at that cost, one draw per
+    seed; ``finetune`` (the finetune recipe) and ``lottery`` inherit the kept channels of the base model's
+    trained / initial weights — only for proposals that came from a network.
+    """
+    e = ctx.experiment
+    out: list[Training] = []
+    for arm in e.arms:
+        if arm in ("finetune", "lottery") and proposal.kept is None and proposal.arch.masks is None:
+            continue  # nothing to inherit (uniform/random/direct proposals)
+        budgets = ("finetune",) if arm == "finetune" else e.budgets
+        for seed in e.eval_seeds:
+            arch = _arm_arch(ctx, proposal, arm, seed)
+            out += [Training(arch, arm, budget, seed, lr, pid, proposal.method) for budget in budgets]
+    return out
+
+
+def _arm_arch(ctx: Context, proposal: Proposal, arm: str, seed: int) -> Architecture:
+    space, match = ctx.experiment.space, proposal.target.match
+    goal = cost_of(proposal.arch, match)
+    if arm == "uniform":
+        if proposal.arch.masks is not None:
+            from prunenas.proposers.magnitude import uniform_mask_twin
+
+            base = ctx.provider().get(_base_spec(ctx, proposal))
+            return uniform_mask_twin(proposal, base, ctx.run.path / "proposals")
+        return uniform_twin(space, goal, match).arch
+    if arm == "random":
+        return propose("random", space, Target(cost=goal, match=match), None, {}, seed=seed).arch
+    return proposal.arch

@@ -1,0 +1,138 @@
+"""The search end to end through Ray Tune + Optuna (tiny network, synthetic data, 2 CPUs)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from prunenas.experiment import experiment_from_dict
+from prunenas.report import collect, results_table
+from prunenas.rundir import RunDir
+
+EXPERIMENT = {
+    "name": "tiny",
+    "space": "tiny-synthetic",
+    "data": {"name": "synthetic", "val_size": 256},
+    "base": {"epochs": 1},
+    "proposers": {"l1-norm": {}, "random": {}},
+    "targets": {"ratios": [0.5, 0.7]},
+    "arms": ["proposed", "uniform"],
+    "seeds": {"search": [0], "eval": [0, 1]},
+    "recipe": {"name": "fast", "epochs": 2},
+    "search": {"sampler": "tpe", "num_samples": 5},
+    "resources": {"cpu": 1},
+    "concurrency": 2,
+}
+
+
+@pytest.fixture(autouse=True)
+def _ray_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # loopback tests only
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("PRUNENAS_CACHE", str(tmp_path / "cache"))
+
+
+def write(tmp_path, data=EXPERIMENT, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli(*args, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "prunenas", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kwargs)
+
+
+def study(run):
+    storage = JournalStorage(JournalFileBackend(str(run / "optuna.journal")))
+    return optuna.load_study(study_name="search", storage=storage)
+
+
+def expected_keys(run):
+    plan = json.loads((run / "plan.json").read_text())
+    return {e["key"] for entries in plan["proposals"].values() for e in entries}
+
+
+def test_search_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    proc = cli("search", write(tmp_path), "--out", run, "--no-dashboard")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| method | target | budget" in proc.stdout  # ends with the results table
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    rows = RunDir(run).results.rows()
+    search = [r for r in rows if r["phase"] == "search"]
+    assert len({r["proposal"] for r in search}) >= 3 and all(r["status"] == "ok" for r in rows)
+    # the study is persisted and loadable: 5 trials, the 4 enqueued (method, target) pairs first
+    trials = study(run).trials
+    assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert {(t.params["method"], t.params.get(f"{t.params['method']}/target")) for t in trials[:4]} == {
+        ("l1-norm", 0.5), ("l1-norm", 0.7), ("random", 0.5), ("random", 0.7)}
+    # every planned training has a row; proposed and uniform twins are paired by seed
+    keys = {r["key"] for r in rows}
+    assert expected_keys(run) <= keys
+    for group in collect(RunDir(run)):
+        assert set(group.values("proposed", "scratch-e", "test_acc")) == {0, 1}
+        assert set(group.values("uniform", "scratch-e", "test_acc")) == {0, 1}
+        macs = {row["macs"] for arm in group.arms.values() for row in arm.values()}
+        assert max(macs) / min(macs) < 1.05  # the twin has the proposal's MACs (the tiny net: within ~3%)
+    assert "proposed − uniform" in results_table(RunDir(run))
+    # a second search into the same folder refuses and points to resume
+    again = cli("search", write(tmp_path), "--out", run, "--no-dashboard")
+    assert again.returncode == 2 and "prunenas resume" in again.stderr
+    finished = cli("resume", run)
+    assert finished.returncode == 2 and "is finished" in finished.stderr
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    proc = cli("search", write(tmp_path), "--dry-run", "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    assert "phase 1  search: 5 trial(s) (4 enqueued first)" in proc.stdout
+    assert "phase 2  evaluation: 5 proposal(s) -> 20 training(s)" in proc.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_driver_killed_mid_search_resumes_without_retraining(tmp_path):
+    run = tmp_path / "run"
+    exp = dict(EXPERIMENT, recipe={"name": "fast", "epochs": 3})
+    driver = subprocess.Popen([sys.executable, "-m", "prunenas", "search", write(tmp_path, exp), "--out", run,
+                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True, env={**os.environ})
+    results = run / "results.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        if results.exists() and sum(1 for _ in results.open()) >= 2:
+            break
+        time.sleep(0.5)
+    assert driver.poll() is None, "the search finished before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+    driver.wait()
+    before = RunDir(run).results.rows()
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+    proc = cli("resume", run, "--no-dashboard")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = RunDir(run).results.rows()
+    ok = [r["key"] for r in rows if r["status"] == "ok"]
+    assert len(ok) == len(set(ok)), "a training ran twice"
+    assert {r["key"] for r in before if r["status"] == "ok"} <= set(ok)
+    assert expected_keys(run) <= set(ok)
+    states = [t.state for t in study(run).trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 5
+
+
+def test_experiment_validation_errors_name_the_key():
+    bad = dict(EXPERIMENT, targets={"ratios": [0.5, 1.5]})
+    with pytest.raises(Exception, match=r"targets.ratios: 1.5 must be a ratio in \(0, 1\]"):
+        experiment_from_dict(bad)
+    proc = subprocess.run([sys.executable, "-m", "prunenas", "search", str(Path("nope.yaml")), "--dry-run"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "cannot read experiment file nope.yaml" in proc.stderr
