@@ -30,9 +30,7 @@ test: install data lint
 	$(BIN)/python -m pytest -q
 
 demo: install data
-	$(BIN)/prunenas spaces
-	$(BIN)/prunenas info vgg11-fashionmnist
-	$(BIN)/prunenas uniform vgg11-fashionmnist --ratio 0.5
+	$(BIN)/prunenas search experiments/quickstart.yaml
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

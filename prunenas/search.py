@@ -133,7 +133,7 @@ def _tuner(ctx: Context, trainable: Any, name: str, param_space: dict, **tune_co
     run_config = tune.RunConfig(name=name, storage_path=str(ctx.run.tune_dir), verbose=1,
                                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                                 callbacks=[_TrialSummary()])
-    config = tune.TuneConfig(max_concurrent_trials=exp.concurrency, **tune_config)
+    config = tune.TuneConfig(max_concurrent_trials=exp.concurrency, reuse_actors=True, **tune_config)
     return tune.Tuner(fn, param_space=param_space, tune_config=config, run_config=run_config)
 
 
