@@ -261,10 +261,31 @@ def resolve(target: str, preset: str | None) -> tuple[Space, Architecture]:
     if target.endswith(".json"):
         if preset:
             raise PrunenasError("--preset applies to spaces, not to architecture files")
-        arch = load_architecture(target)
-        return Space.from_architecture(arch, name=target), arch
+        return _resolve_file(target)
     space = load_space(target)
     return space, space.preset(preset) if preset else space.base
+
+
+def _resolve_file(path: str) -> tuple[Space, Architecture]:
+    """An architecture JSON, or a proposal JSON (its architecture, in the space it was proposed in)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        data = None  # load_architecture reports it precisely
+    if isinstance(data, dict) and str(data.get("format", "")).startswith("prunenas.proposal"):
+        from prunenas.proposers import load_proposal
+
+        proposal = load_proposal(path)
+        name = proposal.provenance.get("space")
+        arch = proposal.arch
+        if name in space_names():
+            base = load_space(name).base
+            if (base.family, base.options, base.input_shape, base.num_classes) == (
+                    arch.family, arch.options, arch.input_shape, arch.num_classes):
+                return load_space(name), arch
+        return Space.from_architecture(arch, name=path), arch
+    arch = load_architecture(path)
+    return Space.from_architecture(arch, name=path), arch
 
 
 def describe(space: Space, arch: Architecture, recipe_name: str) -> dict[str, Any]:
