@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray instance without its dashboard")
     p.set_defaults(run=cmd_search)
 
+    p = sub.add_parser("report", help="tables, verdict, latency and plots of a run folder (finished or running)")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=("md", "csv", "json"), default="md")
+    p.add_argument("--out", help="folder for the report files (default RUN/report)")
+    p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
+    p.set_defaults(run=cmd_report)
+
     p = sub.add_parser("resume", help="continue an interrupted run folder where it stopped")
     p.add_argument("run_dir")
     p.add_argument("--address", help="Ray cluster to join (default: a local Ray instance)")
@@ -238,6 +245,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         from prunenas.report import results_table
 
         print(results_table(run))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from prunenas.report import write_report
+    from prunenas.rundir import RunDir
+
+    run = RunDir(args.run_dir)
+    run.state()
+    written = write_report(run, args.out, args.format, latency=not args.no_latency)
+    if "text" in written:
+        print(written["text"])
+    print(f"written to {written['folder']}: {', '.join(written['files'])}")
     return 0
 
 
