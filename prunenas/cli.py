@@ -125,6 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
     p.set_defaults(run=cmd_report)
 
+    p = sub.add_parser("submit", help="submit a search as a Ray Job to a cluster's dashboard address")
+    p.add_argument("experiment")
+    p.add_argument("--address", required=True, help="the dashboard URL, e.g. http://HEAD:8265 (as `ray job submit`)")
+    p.add_argument("--out", required=True, help="run folder on storage the cluster can write (shared on multi-node)")
+    p.add_argument("--num-samples", type=int)
+    p.add_argument("--concurrency", type=int)
+    p.add_argument("--cache-dir", help="base-model cache on storage the cluster can read and write")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 if it fails")
+    p.set_defaults(run=cmd_submit)
+
+    p = sub.add_parser("status", help="phase, trials done/running/failed and the best so far (run folder or job)")
+    p.add_argument("target", help="a run folder, or a job id with --address")
+    p.add_argument("--address", help="dashboard URL for a job id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_status)
+
     p = sub.add_parser("resume", help="continue an interrupted run folder where it stopped")
     p.add_argument("run_dir")
     p.add_argument("--address", help="Ray cluster to join (default: a local Ray instance)")
@@ -258,6 +274,40 @@ def cmd_report(args: argparse.Namespace) -> int:
     if "text" in written:
         print(written["text"])
     print(f"written to {written['folder']}: {', '.join(written['files'])}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from prunenas import monitor
+    from prunenas.experiment import load_experiment
+
+    load_experiment(args.experiment)  # validate here, before anything reaches the cluster
+    extra = [f"--{flag.replace('_', '-')}={value}" for flag, value in
+             (("num_samples", args.num_samples), ("concurrency", args.concurrency), ("cache_dir", args.cache_dir))
+             if value is not None]
+    job = monitor.submit(args.experiment, args.address, str(Path(args.out).resolve()), extra)
+    print(f"submitted job {job}; follow it with `prunenas status {job} --address {args.address}` or the dashboard")
+    if not args.wait:
+        return 0
+    import time
+
+    while True:
+        status = monitor.job_status(args.address, job)["job_status"]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            print(f"job {job}: {status}")
+            return 0 if status == "SUCCEEDED" else 1
+        time.sleep(2)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from prunenas.status import run_status
+
+    info = run_status(args.target, args.address)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
     return 0
 
 

@@ -14,6 +14,7 @@ so nothing finished is lost when the driver dies; :func:`resume` continues in wh
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import statistics
@@ -28,6 +29,8 @@ import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from prunenas import monitor
+from prunenas.cost import count
 from prunenas.experiment import Experiment, experiment_from_dict
 from prunenas.plan import (
     base_model_specs,
@@ -154,12 +157,22 @@ class _TrialSummary(tune.Callback):
         print(f"[prunenas] FAILED {trial.trial_id}: see {getattr(trial, 'path', '')}", flush=True)
 
 
-def _report_epochs(prefix: dict[str, Any]):
+def _report_epochs(prefix: dict[str, Any], macs: int | None = None):
+    """Per-epoch progress: a Tune result (for the progress table, ASHA, TensorBoard) and Ray metrics."""
+    tags = {"run": prefix.get("run", ""), "phase": prefix.get("phase", ""), "method": prefix.get("method", ""),
+            "arm": prefix.get("arm", ""), "trial": tune.get_context().get_trial_name()}
+
     def report(metrics: dict[str, float]) -> None:
+        monitor.publish_epoch(tags, metrics, macs)
         tune.report({**prefix, "epoch_val_acc": metrics["val_acc"], "epoch": metrics["epoch"],
                      "train_loss": metrics["train_loss"], "images_per_s": metrics["images_per_s"],
                      "score": metrics["val_acc"], "final": False})
     return report
+
+
+def _trial_tags(ctx: Context, phase: str, method: str = "", arm: str = "") -> dict[str, str]:
+    return {"run": ctx.run.path.name, "phase": phase, "method": method, "arm": arm,
+            "trial": tune.get_context().get_trial_name()}
 
 
 # -- phase 0: base models ---------------------------------------------------------------------------------
@@ -185,8 +198,9 @@ def _base_model_trial(config: dict, ctx: Context) -> None:
     spec = config["base"]["spec"]
     spec = None if spec is None else RegularizerSpec(spec["kind"], tuple((k, _tuple(v)) for k, v in spec["params"]))
     provider = ctx.provider()
-    provider.on_epoch = _report_epochs({"phase": "base"})
-    base = provider.get(spec)
+    provider.on_epoch = _report_epochs({"phase": "base", "run": ctx.run.path.name})
+    with _counted(_trial_tags(ctx, "base", config["base"]["method"])):
+        base = provider.get(spec)
     tune.report({"score": base.val_acc, "final": True, "phase": "base",
                  "summary": f"base model {base.key} ({config['base']['method']}): val {base.val_acc:.2%}"})
 
@@ -283,10 +297,13 @@ def _search_trial(config: dict, ctx: Context) -> None:
     proposal = make_proposal(ctx, spec["method"], spec["params"], target_object(exp, target))
     pid = proposal_id(proposal)
     accuracies = []
-    for i, seed in enumerate(exp.search_seeds):
-        training = Training(proposal.arch, "proposed", "scratch-e", seed, spec["lr"], pid, proposal.method)
-        row = run_training(ctx, training, "search", on_epoch=_report_epochs({"proposal": pid, "seed_index": i}))
-        accuracies.append(row["val_acc"])
+    prefix = {"run": ctx.run.path.name, "phase": "search", "method": proposal.method, "proposal": pid}
+    macs = count(proposal.arch).macs
+    with _counted(_trial_tags(ctx, "search", proposal.method, "proposed")):
+        for i, seed in enumerate(exp.search_seeds):
+            training = Training(proposal.arch, "proposed", "scratch-e", seed, spec["lr"], pid, proposal.method)
+            row = run_training(ctx, training, "search", on_epoch=_report_epochs({**prefix, "seed_index": i}, macs))
+            accuracies.append(row["val_acc"])
     score = statistics.fmean(accuracies)
     macs = row["macs"]
     tune.report({"score": score, "val_acc": score, "macs": macs, "proposal": pid, "final": True,
@@ -328,10 +345,23 @@ def _phase_evaluate(ctx: Context) -> None:
 
 def _evaluation_trial(config: dict, ctx: Context) -> None:
     training = Training.from_dict(config["training"], ctx.run)
-    row = run_training(ctx, training, "eval", on_epoch=_report_epochs({"arm": training.arm}))
+    prefix = {"run": ctx.run.path.name, "phase": "eval", "method": training.method or "", "arm": training.arm}
+    with _counted(_trial_tags(ctx, "eval", training.method or "", training.arm)):
+        row = run_training(ctx, training, "eval", on_epoch=_report_epochs(prefix, count(training.arch).macs))
     tune.report({"score": row["val_acc"], "final": True, "arm": training.arm,
                  "summary": f"{training.arm} {training.budget} seed {training.seed} ({training.method}): "
                             f"val {row['val_acc']:.2%}, test {row['test_acc']:.2%}"})
+
+
+@contextlib.contextmanager
+def _counted(tags: dict[str, str]):
+    """Count the trial as finished or failed on Ray's metrics endpoint."""
+    try:
+        yield
+    except BaseException:
+        monitor.publish_trial_end(tags, ok=False)
+        raise
+    monitor.publish_trial_end(tags, ok=True)
 
 
 def _raise_if_all_failed(results: Any, phase: str) -> None:

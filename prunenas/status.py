@@ -1,0 +1,53 @@
+"""``prunenas status``: where a run (or a Ray Job running one) stands."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prunenas.errors import PrunenasError
+from prunenas.rundir import RunDir
+
+
+def run_status(target: str, address: str | None = None) -> dict[str, Any]:
+    """Phase, trainings done/failed, search trials by state and the best proposal so far (by validation)."""
+    if not Path(target).exists():
+        if address is None:
+            raise PrunenasError(f"{target} is neither a run folder nor (without --address) a job id")
+        from prunenas.monitor import job_status
+
+        info = job_status(address, target)
+        run = info["metadata"].get("prunenas_run")
+        if run and Path(run, "run.json").exists():
+            info.update(run_status(run))
+        return info
+    run = RunDir(target)
+    state = run.state()
+    latest = run.results.latest()
+    statuses = Counter(row["status"] for row in latest.values())
+    searched = [r for r in latest.values() if r["phase"] == "search" and r["status"] == "ok"]
+    best = max(searched, key=lambda r: (r["val_acc"], -r["macs"]), default=None)
+    info: dict[str, Any] = {"run": str(run.path), "status": state.get("status"), "phase": state.get("phase"),
+                            "trainings": dict(statuses), "search_trials": _study_states(run)}
+    if best:
+        info["best_so_far"] = (f"{best['method']} proposal {best['proposal']}: val {best['val_acc']:.2%} at "
+                               f"{best['macs'] / 1e6:.2f}M MACs")
+    plan = run.read_json("plan.json")
+    if plan:
+        keys = {e["key"] for entries in plan["proposals"].values() for e in entries}
+        done = sum(1 for k in keys if latest.get(k, {}).get("status") in ("ok", "diverged"))
+        info["evaluation"] = f"{done}/{len(keys)} trainings done"
+    return info
+
+
+def _study_states(run: RunDir) -> dict[str, int]:
+    if not run.journal.exists():
+        return {}
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="search", storage=JournalStorage(JournalFileBackend(str(run.journal))))
+    return dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
