@@ -141,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_status)
 
+    p = sub.add_parser("doctor", help="versions, optional packages, datasets, Ray reachability and auth, cache")
+    p.add_argument("--address", help="a dashboard URL to check (http://HEAD:8265)")
+    p.set_defaults(run=cmd_doctor)
+
+    p = sub.add_parser("cache", help="the base-model cache: list or prune entries")
+    p.add_argument("action", choices=("list", "prune"))
+    p.add_argument("--cache-dir")
+    p.add_argument("--key", action="append", default=[], help="prune these entries (repeat)")
+    p.add_argument("--all", action="store_true", help="prune every entry")
+    p.set_defaults(run=cmd_cache)
+
     p = sub.add_parser("resume", help="continue an interrupted run folder where it stopped")
     p.add_argument("run_dir")
     p.add_argument("--address", help="Ray cluster to join (default: a local Ray instance)")
@@ -308,6 +319,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         for key, value in info.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from prunenas.doctor import checks
+
+    for key, value in checks(args.address).items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"    {k}: {v}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from prunenas.proposers.basemodel import list_entries, remove_entry
+
+    entries = list_entries(args.cache_dir)
+    if args.action == "list":
+        for e in entries:
+            reg = e["regularizer"]["kind"] if e.get("regularizer") else "none"
+            print(f"{e['key']}  {e['space']:24} {e['dataset']:14} regulariser {reg:6} val {e['val_acc']:.2%}  "
+                  f"{e['bytes'] / 1e6:.1f} MB")
+        print(f"{len(entries)} base model(s)")
+        return 0
+    keys = [e["key"] for e in entries] if args.all else args.key
+    if not keys:
+        raise PrunenasError("cache prune needs --key KEY (repeatable) or --all")
+    known = {e["key"] for e in entries}
+    for key in keys:
+        if key not in known:
+            raise PrunenasError(f"no cache entry {key!r}; see `prunenas cache list`")
+        remove_entry(args.cache_dir, key)
+        print(f"removed {key}")
     return 0
 
 

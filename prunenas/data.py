@@ -156,6 +156,7 @@ def load_data(
     subset: int | None = None,
     seed: int = 0,
     root: str | os.PathLike | None = None,
+    download: bool = True,
 ) -> Data:
     """Load dataset ``name`` in ``input_shape``, carving ``val_size`` validation images from the training set.
 
@@ -164,9 +165,10 @@ def load_data(
         subset: use only this many training images (after carving validation), e.g. for quick CPU runs.
         seed: the carve is a fixed permutation of this seed, the same for every model compared.
         root: a folder to search first; also ``$PRUNENAS_DATA``.
+        download: let torchvision download missing files (online machines only).
     """
     raw = DATASETS.get(name)(root=root, input_shape=tuple(input_shape), num_classes=num_classes, seed=seed,
-                             val_size=val_size, subset=subset)
+                             val_size=val_size, subset=subset, download=download)
     if isinstance(raw, Data):
         return raw
     train_x, test_x = fit_shape(raw.train_images, input_shape, name), fit_shape(raw.test_images, input_shape, name)
@@ -268,7 +270,7 @@ def load_idx_dataset(name: str, paths: list[Path], how: str, augmentation: Augme
 
 
 @register_dataset("fashion-mnist")
-def fashion_mnist(*, root=None, **_) -> Raw:
+def fashion_mnist(*, root=None, download=True, **_) -> Raw:
     """Fashion-MNIST (Xiao et al. 2017): the gzipped IDX files, e.g. from Debian's dataset-fashion-mnist."""
     paths = search_paths(root, "/usr/share/datasets/fashion-mnist", "~/.cache/prunenas/fashion-mnist",
                          "~/.cache/prunenas/FashionMNIST/raw")
@@ -277,13 +279,13 @@ def fashion_mnist(*, root=None, **_) -> Raw:
     try:
         return load_idx_dataset("fashion-mnist", paths, how, Augment(crop_pad=2, flip=True))
     except DataError as missing:
-        if "not found" in str(missing) and _download("FashionMNIST", "~/.cache/prunenas"):
+        if download and "not found" in str(missing) and _download("FashionMNIST", "~/.cache/prunenas"):
             return load_idx_dataset("fashion-mnist", paths, how, Augment(crop_pad=2, flip=True))
         raise
 
 
 @register_dataset("mnist")
-def mnist(*, root=None, **_) -> Raw:
+def mnist(*, root=None, download=True, **_) -> Raw:
     """MNIST: the IDX files (torchvision's MNIST/raw layout or a plain folder). No flips for digits."""
     paths = search_paths(root, "~/.cache/prunenas/MNIST/raw", "/usr/share/datasets/mnist")
     paths += [p / "MNIST" / "raw" for p in search_paths(root)]
@@ -291,7 +293,7 @@ def mnist(*, root=None, **_) -> Raw:
     try:
         return load_idx_dataset("mnist", paths, how, Augment(crop_pad=2))
     except DataError as missing:
-        if "not found" in str(missing) and _download("MNIST", "~/.cache/prunenas"):
+        if download and "not found" in str(missing) and _download("MNIST", "~/.cache/prunenas"):
             return load_idx_dataset("mnist", paths, how, Augment(crop_pad=2))
         raise
 
@@ -337,7 +339,7 @@ def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarr
 
 
 def load_cifar(name: str, folder_name: str, train_files: list[str], test_file: str, label_key: bytes,
-               classes: int, root) -> Raw:
+               classes: int, root, download: bool = True) -> Raw:
     paths = search_paths(root, "~/.cache/prunenas", "./data")
     how = f"pass --data-root FOLDER containing {folder_name}/ (torchvision's format; downloaded when online)"
     for attempt in range(2):
@@ -348,22 +350,22 @@ def load_cifar(name: str, folder_name: str, train_files: list[str], test_file: s
                 test_x, test_y = read_cifar_batch(base / test_file, label_key)
                 return Raw(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                            test_x, test_y, classes, Augment(crop_pad=4, flip=True))
-        if attempt == 0 and not _download(name.upper().replace("-", ""), "~/.cache/prunenas"):
+        if attempt == 0 and not (download and _download(name.upper().replace("-", ""), "~/.cache/prunenas")):
             break
     raise _missing(name, paths, how)
 
 
 @register_dataset("cifar10")
-def cifar10(*, root=None, **_) -> Raw:
+def cifar10(*, root=None, download=True, **_) -> Raw:
     """CIFAR-10 in torchvision's python-pickle format (cifar-10-batches-py/)."""
     return load_cifar("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
-                      b"labels", 10, root)
+                      b"labels", 10, root, download)
 
 
 @register_dataset("cifar100")
-def cifar100(*, root=None, **_) -> Raw:
+def cifar100(*, root=None, download=True, **_) -> Raw:
     """CIFAR-100 (fine labels) in torchvision's python-pickle format (cifar-100-python/)."""
-    return load_cifar("cifar100", "cifar-100-python", ["train"], "test", b"fine_labels", 100, root)
+    return load_cifar("cifar100", "cifar-100-python", ["train"], "test", b"fine_labels", 100, root, download)
 
 
 # -- synthetic --------------------------------------------------------------------------------------------

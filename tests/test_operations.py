@@ -1,0 +1,34 @@
+import subprocess
+import sys
+
+from prunenas.proposers.basemodel import BaseModelProvider, list_entries
+from prunenas.spaces import load_space
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "prunenas", *map(str, args)], capture_output=True, text=True)
+
+
+def test_doctor_reports_versions_datasets_and_cache():
+    proc = cli("doctor")
+    assert proc.returncode == 0, proc.stderr
+    for line in ("torch:", "ray:", "optuna:", "onnxruntime:", "fashion-mnist: found", "base-model cache:",
+                 "ray auth:"):
+        assert line in proc.stdout
+
+
+def test_doctor_checks_an_unreachable_dashboard():
+    proc = cli("doctor", "--address", "http://127.0.0.1:9")
+    assert proc.returncode == 0 and "ray cluster: not reachable" in proc.stdout
+
+
+def test_cache_list_and_prune(tmp_path):
+    provider = BaseModelProvider(load_space("tiny-synthetic"), epochs=1, cache_dir=tmp_path, log=None)
+    key = provider.get(None).key
+    listing = cli("cache", "list", "--cache-dir", tmp_path)
+    assert key in listing.stdout and "1 base model(s)" in listing.stdout
+    bad = cli("cache", "prune", "--cache-dir", tmp_path, "--key", "nope")
+    assert bad.returncode == 2 and "no cache entry 'nope'" in bad.stderr
+    assert cli("cache", "prune", "--cache-dir", tmp_path).returncode == 2
+    assert cli("cache", "prune", "--cache-dir", tmp_path, "--key", key).returncode == 0
+    assert list_entries(tmp_path) == []
