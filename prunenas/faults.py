@@ -1,8 +1,9 @@
 """Test-only fault injection, so that crash and recovery paths are tested for real.
 
 Set ``PRUNENAS_FAULT`` to ``POINT[@KEY=VALUE]:ACTION`` (several separated by ``;``), e.g.
-``train.checkpoint@epoch=2:kill`` SIGKILLs the process right after epoch 2's checkpoint is written, and
-``trial.start:raise`` raises ``InjectedFault`` when a trial starts. Unset in normal use (then it costs one
+``train.checkpoint@epoch=2:kill`` SIGKILLs the process right after epoch 2's checkpoint is written,
+``trial.start:raise`` raises ``InjectedFault`` when a training starts, and ``trial.start@arm=random:diverge``
+makes those trainings report a divergence (as a NaN loss would). Unset in normal use (then it costs one
 dictionary lookup per call).
 """
 
@@ -37,3 +38,7 @@ def fault_point(name: str, **context: Any) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "raise":
             raise InjectedFault(f"injected fault at {name} {context}")
+        if action == "diverge":
+            from prunenas.train import TrainingDiverged
+
+            raise TrainingDiverged(1, 0, float("nan"))

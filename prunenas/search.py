@@ -90,9 +90,14 @@ def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool)
         run.write_state(phase=1)
         _phase_search(ctx)
         run.write_state(phase=2)
-        _phase_evaluate(ctx)
-        run.write_state(status="finished", phase=3)
-        print(f"finished: {run.path}  (report: prunenas report {run.path})")
+        missing = _phase_evaluate(ctx)
+        if missing:
+            run.write_state(status="incomplete", phase=3)
+            print(f"incomplete: {missing} planned training(s) failed; `prunenas resume {run.path}` retries them "
+                  f"(diverged ones are final and never retried)")
+        else:
+            run.write_state(status="finished", phase=3)
+            print(f"finished: {run.path}  (report: prunenas report {run.path})")
     finally:
         ray.shutdown()
 
@@ -171,6 +176,7 @@ def _report_epochs(prefix: dict[str, Any], macs: int | None = None):
 
 
 def _trial_tags(ctx: Context, phase: str, method: str = "", arm: str = "") -> dict[str, str]:
+    ctx.node = ray.get_runtime_context().get_node_id()  # recorded in the trial's rows
     return {"run": ctx.run.path.name, "phase": phase, "method": method, "arm": arm,
             "trial": tune.get_context().get_trial_name()}
 
@@ -314,7 +320,8 @@ def _search_trial(config: dict, ctx: Context) -> None:
 # -- phase 2: evaluation ----------------------------------------------------------------------------------
 
 
-def _phase_evaluate(ctx: Context) -> None:
+def _phase_evaluate(ctx: Context) -> int:
+    """Train every arm of the selected proposals; returns how many planned trainings have no final row."""
     exp = ctx.experiment
     rows = [r for r in ctx.run.results.latest().values() if r["phase"] == "search" and r["status"] == "ok"]
     by_proposal: dict[str, list[dict]] = {}
@@ -336,11 +343,12 @@ def _phase_evaluate(ctx: Context) -> None:
     ctx.run.write_json("plan.json", {"selected": chosen, "select": exp.select, "proposals": plan})
     todo = [k for k in trainings if ctx.run.results.final(k) is None]
     print(f"phase 2: evaluation of {len(chosen)} proposal(s): {len(trainings)} training(s), {len(todo)} to run")
-    if not todo:
-        return
-    grid = [trainings[k].to_dict() for k in todo]
-    results = _tuner(ctx, _evaluation_trial, _attempt_name(ctx, "eval"), {"training": tune.grid_search(grid)}).fit()
-    _raise_if_all_failed(results, "phase 2 (evaluation)")
+    if todo:
+        grid = [trainings[k].to_dict() for k in todo]
+        results = _tuner(ctx, _evaluation_trial, _attempt_name(ctx, "eval"),
+                         {"training": tune.grid_search(grid)}).fit()
+        _raise_if_all_failed(results, "phase 2 (evaluation)")
+    return sum(ctx.run.results.final(k) is None for k in trainings)
 
 
 def _evaluation_trial(config: dict, ctx: Context) -> None:

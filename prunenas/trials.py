@@ -44,6 +44,7 @@ class Context:
     threads: int | None = None
     device: str = "auto"
     log: Callable[[str], None] | None = None
+    node: str | None = None  # the Ray node a trial runs on (recorded in its rows)
     _data: Data | None = field(default=None, repr=False)
 
     def data(self) -> Data:
@@ -178,12 +179,12 @@ def run_training(ctx: Context, training: Training, phase: str,
                            "seed": training.seed, "method": training.method, "proposal": training.proposal,
                            "arch": arch_dict(training.arch), "digest": training.arch.digest(), "macs": cost.macs,
                            "params": cost.params, "epochs": config.epochs, "recipe": _recipe_dict(config),
-                           "init": training.init, "environment": environment(config.device)}
+                           "init": training.init, "environment": {**environment(config.device), "node": ctx.node}}
     started = time.time()
     try:
         from prunenas.faults import fault_point
 
-        fault_point("trial.start", key=key, arm=training.arm)
+        fault_point("trial.start", key=key, arm=training.arm, method=training.method)
         result = train(_initial(ctx, training), ctx.data(), config, checkpoint=ctx.run.checkpoint_path(key),
                        arch=training.arch, on_epoch=on_epoch)
     except TrainingDiverged as err:

@@ -55,3 +55,11 @@ def random_arch(base: Architecture, rng: random.Random, remove_prob: float = 0.3
 def _seeded():
     torch.manual_seed(0)
     torch.set_num_threads(1)
+
+
+@pytest.fixture()
+def ray_env(monkeypatch, tmp_path):
+    """Environment of tests that start Ray: loopback only (auth off), no usage stats, a private cache."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("PRUNENAS_CACHE", str(tmp_path / "cache"))

@@ -14,7 +14,7 @@ import yaml
 
 from prunenas.monitor import auth_headers, auth_token
 
-from .test_search import EXPERIMENT
+from .search_helpers import EXPERIMENT
 
 
 def free_port():

@@ -10,56 +10,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 
 from prunenas.experiment import experiment_from_dict
 from prunenas.report import collect, results_table
 from prunenas.rundir import RunDir
 
-EXPERIMENT = {
-    "name": "tiny",
-    "space": "tiny-synthetic",
-    "data": {"name": "synthetic", "val_size": 256},
-    "base": {"epochs": 1},
-    "proposers": {"l1-norm": {}, "random": {}},
-    "targets": {"ratios": [0.5, 0.7]},
-    "arms": ["proposed", "uniform"],
-    "seeds": {"search": [0], "eval": [0, 1]},
-    "recipe": {"name": "fast", "epochs": 2},
-    "search": {"sampler": "tpe", "num_samples": 5},
-    "resources": {"cpu": 1},
-    "concurrency": 2,
-}
+from .search_helpers import EXPERIMENT, cli, expected_keys, study, write
 
-
-@pytest.fixture(autouse=True)
-def _ray_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # loopback tests only
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    monkeypatch.setenv("PRUNENAS_CACHE", str(tmp_path / "cache"))
-
-
-def write(tmp_path, data=EXPERIMENT, name="exp.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def cli(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "prunenas", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, **kwargs)
-
-
-def study(run):
-    storage = JournalStorage(JournalFileBackend(str(run / "optuna.journal")))
-    return optuna.load_study(study_name="search", storage=storage)
-
-
-def expected_keys(run):
-    plan = json.loads((run / "plan.json").read_text())
-    return {e["key"] for entries in plan["proposals"].values() for e in entries}
+pytestmark = pytest.mark.usefixtures("ray_env")
 
 
 def test_search_end_to_end(tmp_path):

@@ -1,0 +1,100 @@
+"""Faults: failing, diverging and killed trials, a killed driver in the evaluation phase, two Ray nodes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prunenas.report import write_report
+from prunenas.rundir import RunDir
+
+from .search_helpers import EXPERIMENT, cli, expected_keys, study, write
+
+pytestmark = pytest.mark.usefixtures("ray_env")
+
+
+def rows_by_status(run):
+    out = {}
+    for row in RunDir(run).results.rows():
+        out.setdefault(row["status"], []).append(row)
+    return out
+
+
+def test_failed_and_diverged_trainings_are_recorded_and_the_search_goes_on(tmp_path):
+    run = tmp_path / "run"
+    exp = dict(EXPERIMENT, arms=["proposed", "uniform", "random"], max_failures=1)
+    faults = "trial.start@method=random:diverge;trial.start@arm=random:raise"
+    proc = cli("search", write(tmp_path, exp), "--out", run, "--no-dashboard", env={"PRUNENAS_FAULT": faults})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "incomplete"
+    rows = rows_by_status(run)
+    diverged, failed = rows["diverged"], rows["failed"]
+    # the random proposer's search trainings diverged: recorded once each, with epoch and step, never retried
+    assert diverged and all(r["method"] == "random" and r["phase"] == "search" for r in diverged)
+    assert all(r["diverged_epoch"] == 1 and r["diverged_step"] == 0 for r in diverged)
+    assert len({r["key"] for r in diverged}) == len(diverged)
+    # ... and Optuna never saw them as scores
+    for trial in study(run).trials:
+        expected = optuna.trial.TrialState.FAIL if trial.params["method"] == "random" else \
+            optuna.trial.TrialState.COMPLETE
+        assert trial.state == expected
+    # the random arm raised: failed rows with a traceback file; the other arms went on
+    assert failed and all(r["arm"] == "random" for r in failed)
+    assert all((run / r["traceback"]).read_text().startswith("Traceback") for r in failed)
+    assert {r["arm"] for r in rows["ok"]} >= {"proposed", "uniform"}
+    report = write_report(RunDir(run), latency=False)["text"]
+    assert "## Failed or diverged trainings" in report and "InjectedFault" in report
+    # resume retries the failed trainings (not the diverged ones) and completes the run
+    proc = cli("resume", run, "--no-dashboard")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    latest = RunDir(run).results.latest()
+    assert all(latest[k]["status"] == "ok" for k in expected_keys(run))
+    assert [r["key"] for r in RunDir(run).results.rows() if r["status"] == "diverged"] == [r["key"] for r in diverged]
+
+
+def test_killed_worker_is_retried_from_its_epoch_checkpoint(tmp_path):
+    exp = dict(EXPERIMENT, proposers={"uniform": {}}, seeds={"search": [0], "eval": [0]},
+               recipe={"name": "fast", "epochs": 3}, arms=["proposed"], max_failures=2)
+    clean, faulty = tmp_path / "clean", tmp_path / "faulty"
+    assert cli("search", write(tmp_path, exp), "--out", clean, "--no-dashboard").returncode == 0
+    proc = cli("search", write(tmp_path, exp), "--out", faulty, "--no-dashboard",
+               env={"PRUNENAS_FAULT": "train.checkpoint@epoch=1:kill"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FAILED" not in proc.stdout or json.loads((faulty / "run.json").read_text())["status"] == "finished"
+    a, b = RunDir(clean).results.latest(), RunDir(faulty).results.latest()
+    assert a.keys() == b.keys() and all(r["status"] == "ok" for r in b.values())
+    for key in a:  # the retried trainings end exactly as the uninterrupted ones
+        assert a[key]["val_acc"] == b[key]["val_acc"]
+        x, y = load_file(clean / a[key]["weights"]), load_file(faulty / b[key]["weights"])
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    tune_logs = "".join(p.read_text(errors="ignore") for p in (faulty / "tune").rglob("error.txt"))
+    assert tune_logs, "no trial was killed: the fault did not fire"
+
+
+def test_driver_killed_in_the_evaluation_phase_resumes(tmp_path):
+    run = tmp_path / "run"
+    exp = dict(EXPERIMENT, recipe={"name": "fast", "epochs": 3})
+    driver = subprocess.Popen([sys.executable, "-m", "prunenas", "search", write(tmp_path, exp), "--out", run,
+                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None:
+        if (run / "plan.json").exists() and any(r["phase"] == "eval" for r in RunDir(run).results.rows()):
+            break
+        time.sleep(0.5)
+    assert driver.poll() is None, "the search finished before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = {r["key"] for r in RunDir(run).results.rows() if r["status"] == "ok"}
+    proc = cli("resume", run, "--no-dashboard")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ok = [r["key"] for r in RunDir(run).results.rows() if r["status"] == "ok"]
+    assert len(ok) == len(set(ok)) and before <= set(ok) and expected_keys(run) <= set(ok)
