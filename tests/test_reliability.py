@@ -98,3 +98,55 @@ def test_driver_killed_in_the_evaluation_phase_resumes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ok = [r["key"] for r in RunDir(run).results.rows() if r["status"] == "ok"]
     assert len(ok) == len(set(ok)) and before <= set(ok) and expected_keys(run) <= set(ok)
+
+
+def _processes():
+    """(pid, ppid, cmdline) of every process, from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+                cmd = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="ignore")
+            except OSError:
+                continue
+            out.append((int(entry), int(stat.rsplit(")", 1)[1].split()[1]), cmd))
+    return out
+
+
+def test_two_nodes_share_the_trials_and_a_lost_node_is_survived(tmp_path):
+    from .test_jobs import free_port, ray_bin
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "PRUNENAS_CACHE": str(tmp_path / "cache"),
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    gcs, manager = free_port(), free_port()
+    subprocess.run([ray_bin(), "start", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    try:
+        subprocess.run([ray_bin(), "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
+                        f"--node-manager-port={manager}"], check=True, capture_output=True, env=env)
+        run = tmp_path / "run"
+        exp = dict(EXPERIMENT, recipe={"name": "fast", "epochs": 4}, max_failures=3)
+        driver = subprocess.Popen([sys.executable, "-m", "prunenas", "search", write(tmp_path, exp), "--out", run,
+                                   "--address", f"127.0.0.1:{gcs}"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env=env)
+        raylet = next(pid for pid, _, cmd in _processes() if "raylet" in cmd and f"node_manager_port={manager}" in cmd)
+        deadline, killed = time.time() + 300, False
+        while time.time() < deadline and driver.poll() is None and not killed:
+            nodes = {r["environment"].get("node") for r in RunDir(run).results.rows()}
+            busy = any(ppid == raylet and "ImplicitFunc" in cmd for _, ppid, cmd in _processes())
+            if len(nodes) >= 2 and busy:  # both nodes have trained, and the worker is in a trial now
+                os.kill(raylet, signal.SIGKILL)
+                killed = True
+            time.sleep(0.3)
+        output = driver.communicate(timeout=600)[0]
+        assert killed, "the worker node was never busy while the search ran"
+        assert driver.returncode == 0, output[-3000:]
+        rows = RunDir(run).results.rows()
+        assert len({r["environment"]["node"] for r in rows}) >= 2  # trials spread over both nodes
+        ok = [r["key"] for r in rows if r["status"] == "ok"]
+        assert len(ok) == len(set(ok)) and expected_keys(run) <= set(ok)
+        assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    finally:
+        subprocess.run([ray_bin(), "stop", "--force"], capture_output=True, env=env)
