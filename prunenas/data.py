@@ -243,8 +243,11 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path} is corrupt: {err}") from None
     if len(data) < 8 or data[:2] != b"\x00\x00" or data[2] != 8 or data[3] not in (1, 3):
         raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    header = 4 + 4 * data[3]
+    if len(data) < header:
+        raise DataError(f"{path} is truncated: {len(data)} bytes, shorter than its {header}-byte header")
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(data[3])]
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * data[3])
+    body = np.frombuffer(data, dtype=np.uint8, offset=header)
     if body.size != int(np.prod(dims)):
         raise DataError(f"{path} is truncated: {body.size} bytes for shape {dims}")
     body = body.reshape(dims)
@@ -299,7 +302,9 @@ def mnist(*, root=None, download=True, **_) -> Raw:
 
 
 def _download(cls_name: str, folder: str) -> bool:
-    """Try torchvision's download (online machines only); False when it fails."""
+    """Try torchvision's download (online machines only); False when it fails or $PRUNENAS_NO_DOWNLOAD is set."""
+    if os.environ.get("PRUNENAS_NO_DOWNLOAD"):
+        return False
     import torchvision
 
     try:
