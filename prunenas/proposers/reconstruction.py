@@ -1,0 +1,285 @@
+"""Reconstruction problems shared by ThiNet and channel pruning: which channels of a slot can go while the
+layers that read them still compute (nearly) what they computed before.
+
+For a slot ``s`` with ``C`` channels, each *consumer* layer (a conv or linear layer reading ``s``; depthwise
+convs are producers only) computes, at an output position, ``y = sum_c z_c`` over its input channels, where
+``z_c`` (one value per output channel) is channel ``c``'s contribution: its input patch times its slice of
+the weight. Removing a set ``T`` of channels changes the output by ``sum_{c in T} z_c``. Everything the
+methods need is the Gram matrix of contributions over sampled positions,
+
+    ``G[c, d] = sum_{samples} sum_{outputs o} z_c[o] * z_d[o]``,
+
+because the error of removing ``T`` is ``1_T' G 1_T`` and the least-squares fit of the kept contributions
+``S`` to the full output (``y = sum_c z_c``, so ``b = G 1``) has residual ``1' G 1 - b_S' G_SS^-1 b_S``.
+
+Sampling (Luo et al. 2017, He et al. 2017): ``images`` training images, ``locations`` random output
+positions per image (every position of smaller maps), all output channels at each position (ThiNet
+samples one random output channel per position; summing over all of them is the same objective in
+expectation, with less noise). A consumer followed by a batch norm over its own output is reconstructed
+*after* that norm's scale (``gamma / sqrt(var + eps)`` per output channel; its shift does not depend on
+the input), so output channels weigh as much as the network sees them. A linear layer after a flatten
+reads ``in_repeat`` features per channel: it is a 1x1 conv over those positions, one sample per image.
+
+A slot read by several layers (a residual stream, a DenseNet growth slot) gets one problem: the sum of its
+consumers' Gram matrices, each divided by its own output energy ``1' G_t 1`` so that every consumer
+counts equally, with one coefficient per channel shared by all its consumers. Residual identity paths are
+not layers and are not part of the problem — one reason residual streams are not pruned by default.
+
+The per-layer removal order a method finds (greedy, LASSO path) and its error curve become channel scores
+(:func:`curve_scores`): the relative error at the moment the channel is removed, made monotone along the
+order. One global threshold over those scores (:func:`prunenas.proposers.select.select_by_cost`) removes
+channels from every slot until its relative reconstruction error reaches the same level — the MAC target
+is met by spending the error budget evenly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prunenas.arch import Architecture
+from prunenas.data import Split
+from prunenas.families.base import INPUT, Layer
+from prunenas.proposers.registry import ProposerError
+
+RIDGE = 1e-10
+"""Relative ridge added to Gram matrices before factorising (dead or duplicate channels make them singular)."""
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A layer reading a slot: the slot's channels are its inputs ``offset .. offset + width``."""
+
+    layer: Layer
+    offset: int
+
+
+def consumers(arch: Architecture, slot: int) -> list[Consumer]:
+    """The conv/linear layers that read ``slot`` as input channels (depthwise convs excluded: they produce it)."""
+    out = []
+    for layer in arch.layers:
+        if layer.kind == "bn" or layer.depthwise:
+            continue
+        offset = 0
+        for s in layer.inputs:
+            if s == slot:
+                out.append(Consumer(layer, offset))
+            offset += arch.input_shape[0] if s == INPUT else arch.widths[s]
+    return out
+
+
+def prunable_slots(arch: Architecture, prune_tied: bool) -> list[int]:
+    """Slots with at least one consumer; residual-tied slots only with ``prune_tied``."""
+    return [s for s, slot in enumerate(arch.slots)
+            if arch.widths[s] > 0 and (prune_tied or not slot.tied) and consumers(arch, s)]
+
+
+def calibration_images(split: Split, images: int, seed: int, batch_size: int = 64) -> list[Tensor]:
+    """``images`` training images (normalised, not augmented) drawn with ``seed``, in batches."""
+    generator = torch.Generator().manual_seed(seed)
+    x, _ = next(iter(split.batches(min(images, len(split)), shuffle=True, generator=generator)))
+    return list(x.split(batch_size))
+
+
+@torch.no_grad()
+def contribution_grams(model: nn.Module, arch: Architecture, batches: Iterable[Tensor], slots: Iterable[int],
+                       locations: int = 10, seed: int = 0) -> dict[int, Tensor]:
+    """Per slot, the normalised Gram matrix of its channels' contributions to its consumers' outputs.
+
+    ``model`` is a network of ``arch`` (weights of the trained base model); it runs once over ``batches``
+    in eval mode with hooks on the consumers. Returns slot -> float64 ``(C, C)`` matrix, the sum over
+    consumers of ``G_t / (1' G_t 1)`` (consumers whose output does not depend on the slot are skipped).
+    """
+    slots = list(slots)
+    modules = dict(model.named_modules())
+    layer_index = {layer.name: i for i, layer in enumerate(arch.layers)}
+    generator = torch.Generator().manual_seed(seed)
+    terms: dict[tuple[int, str], Tensor] = {}
+    by_layer: dict[str, list[tuple[int, Consumer]]] = {}
+    for slot in slots:
+        for consumer in consumers(arch, slot):
+            by_layer.setdefault(consumer.layer.name, []).append((slot, consumer))
+            width = arch.widths[slot]
+            terms[slot, consumer.layer.name] = torch.zeros(width, width, dtype=torch.float64)
+    weights = {name: _effective_weight(arch, modules, layer_index[name]) for name in by_layer}
+
+    def hook(name: str):
+        def run(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            x = inputs[0].detach().float()
+            for slot, consumer in by_layer[name]:
+                width = arch.widths[slot]
+                patches, weight = _slot_patches(x, module, consumer, width, weights[name], locations, generator)
+                _accumulate(terms[slot, name], patches, weight)
+        return run
+
+    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in by_layer]
+    was_training = model.training
+    try:
+        model.eval()
+        for batch in batches:
+            model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    out = {}
+    for slot in slots:
+        width = arch.widths[slot]
+        total = torch.zeros(width, width, dtype=torch.float64)
+        for (s, _), gram in terms.items():
+            energy = float(gram.sum())
+            if s == slot and energy > 0:
+                total += gram / energy
+        out[slot] = total
+    return out
+
+
+def _effective_weight(arch: Architecture, modules: Mapping[str, nn.Module], index: int) -> Tensor:
+    """The consumer's weight as ``(outputs, inputs, positions)``, output rows scaled by a following BN's scale."""
+    layer = arch.layers[index]
+    module = modules[layer.name]
+    weight = module.weight.detach().float()
+    weight = weight.flatten(2) if layer.kind == "conv" else weight.view(weight.shape[0], -1, layer.in_repeat)
+    following = arch.layers[index + 1] if index + 1 < len(arch.layers) else None
+    if layer.output is not None and following is not None and following.kind == "bn" and \
+            following.inputs == (layer.output,):
+        norm = modules[following.name]
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.running_var is not None:
+            scale = (norm.weight.detach().float() if norm.affine else 1.0) / torch.sqrt(norm.running_var + norm.eps)
+            weight = weight * scale.view(-1, 1, 1)
+    return weight
+
+
+def _slot_patches(x: Tensor, module: nn.Module, consumer: Consumer, width: int, weight: Tensor, locations: int,
+                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Sampled input patches of the slot's channels ``(N, C, K)`` and the matching weight ``(out, C, K)``."""
+    layer = consumer.layer
+    if layer.kind == "linear":
+        rep = layer.in_repeat
+        features = x.flatten(1)[:, consumer.offset * rep:(consumer.offset + width) * rep]
+        weight_slice = weight[:, consumer.offset:consumer.offset + width]
+        return features.reshape(len(x), width, rep), weight_slice
+    x = x[:, consumer.offset:consumer.offset + width]
+    return _conv_patches(x, module, locations, generator), weight[:, consumer.offset:consumer.offset + width]
+
+
+def _conv_patches(x: Tensor, conv: nn.Module, locations: int, generator: torch.Generator) -> Tensor:
+    """``locations`` random output positions per image; their input windows as ``(N * m, C, kh * kw)``."""
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    ph, pw = conv.padding if isinstance(conv.padding, tuple) else (0, 0)
+    n, c, h, w = x.shape
+    out_h, out_w = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    positions = out_h * out_w
+    m = min(locations, positions)
+    chosen = torch.rand(n, positions, generator=generator).argsort(dim=1)[:, :m].to(x.device)
+    oy, ox = chosen // out_w, chosen % out_w
+    rows = oy[..., None] * sh + torch.arange(kh, device=x.device) * dh  # (n, m, kh)
+    cols = ox[..., None] * sw + torch.arange(kw, device=x.device) * dw  # (n, m, kw)
+    padded = F.pad(x, (pw, pw, ph, ph))
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    windows = padded[batch, :, rows[..., :, None], cols[..., None, :]]  # (n, m, kh, kw, C)
+    return windows.reshape(n * m, kh * kw, c).transpose(1, 2)
+
+
+def _accumulate(gram: Tensor, patches: Tensor, weight: Tensor, budget: int = 1 << 22) -> None:
+    """``gram += sum_i Z_i' Z_i`` with ``Z_i[o, c] = sum_k weight[o, c, k] * patches[i, c, k]``, in chunks."""
+    outputs, channels = weight.shape[0], weight.shape[1]
+    chunk = max(1, budget // max(1, outputs * channels))
+    for start in range(0, len(patches), chunk):
+        z = torch.einsum("ick,ock->ioc", patches[start:start + chunk], weight).reshape(-1, channels)
+        gram += (z.T @ z).double().cpu()
+
+
+# -- errors of a selection -------------------------------------------------------------------------------
+def removal_error(gram: Tensor, removed: Iterable[int]) -> float:
+    """``1_T' G 1_T``: squared error of the outputs when the channels ``T`` are removed (no refit)."""
+    index = torch.as_tensor(sorted(set(removed)), dtype=torch.long)
+    return float(gram[index][:, index].sum()) if len(index) else 0.0
+
+
+def rescale_coefficients(gram: Tensor, kept: Iterable[int]) -> Tensor:
+    """Least-squares coefficients of the kept channels' contributions fitted to the full output.
+
+    ``w = argmin_w sum_samples ||y - sum_{c in S} w_c z_c||^2 = G_SS^-1 (G 1)_S`` — ThiNet's rescaling and
+    the refit step of channel pruning; multiplying each kept channel's consumer weights by ``w_c`` gives the
+    least-squares reconstruction. A tiny ridge keeps singular problems solvable.
+    """
+    index = torch.as_tensor(sorted(set(kept)), dtype=torch.long)
+    sub = gram[index][:, index]
+    ridge = RIDGE * float(torch.diagonal(gram).sum().clamp_min(1e-300)) / max(1, len(gram))
+    rhs = gram.sum(dim=1)[index]
+    return torch.linalg.solve(sub + ridge * torch.eye(len(index), dtype=gram.dtype), rhs)
+
+
+def rescaled_error(gram: Tensor, kept: Iterable[int]) -> float:
+    """Squared error left after the least-squares refit of the kept channels (:func:`rescale_coefficients`)."""
+    kept = sorted(set(kept))
+    if not kept:
+        return float(gram.sum())
+    w = rescale_coefficients(gram, kept)
+    ones = torch.ones(len(gram), dtype=gram.dtype)
+    full = torch.zeros(len(gram), dtype=gram.dtype)
+    full[torch.as_tensor(kept)] = w
+    diff = ones - full
+    return float(diff @ gram @ diff)
+
+
+def removal_curve(gram: Tensor, order: list[int]) -> Tensor:
+    """``curve[j]`` = error after removing ``order[:j + 1]`` without refit."""
+    curve = torch.empty(len(order), dtype=torch.float64)
+    g = torch.zeros(len(gram), dtype=torch.float64)
+    value = 0.0
+    for j, c in enumerate(order):
+        value += 2 * float(g[c]) + float(gram[c, c])
+        g += gram[:, c]
+        curve[j] = value
+    return curve
+
+
+def rescaled_curve(gram: Tensor, order: list[int]) -> Tensor:
+    """``curve[j]`` = error after removing ``order[:j + 1]`` and refitting the rest by least squares.
+
+    One Cholesky factorisation serves every prefix: with the channels in reverse removal order (most
+    important first), the kept set after ``j`` removals is a leading block, whose factor is the leading
+    block of the full factor; the explained energy is the running sum of squares of ``L^-1 b``.
+    """
+    importance = list(reversed(order))
+    index = torch.as_tensor(importance, dtype=torch.long)
+    sub = gram[index][:, index]
+    ridge = RIDGE * float(torch.diagonal(gram).sum().clamp_min(1e-300)) / max(1, len(gram))
+    factor = torch.linalg.cholesky(sub + ridge * torch.eye(len(index), dtype=gram.dtype))
+    rhs = gram.sum(dim=1)[index]
+    explained = torch.cumsum(torch.linalg.solve_triangular(factor, rhs[:, None], upper=False)[:, 0] ** 2, 0)
+    total = float(gram.sum())
+    kept_error = (total - explained).clamp_min(0.0)  # kept_error[k - 1]: the first k most important kept
+    curve = torch.empty(len(order), dtype=torch.float64)
+    count = len(order)
+    for j in range(count):  # j + 1 removed -> count - j - 1 kept
+        kept = count - j - 1
+        curve[j] = kept_error[kept - 1] if kept > 0 else total
+    return curve
+
+
+def curve_scores(order: list[int], curve: Tensor, total: float) -> Tensor:
+    """Channel scores from a removal order and its error curve (``curve[j]``: error once ``order[:j+1]`` are gone).
+
+    Score of ``order[j]`` = ``max(curve[:j + 1]) / total`` (relative error when it goes, made monotone) plus
+    ``j * 1e-9 / C``, so scores strictly increase along the order: any threshold removes a prefix of it.
+    """
+    count = len(order)
+    relative = curve / total if total > 0 else torch.zeros(count, dtype=torch.float64)
+    monotone = torch.cummax(relative, dim=0).values + torch.arange(count, dtype=torch.float64) * (1e-9 / count)
+    scores = torch.empty(count, dtype=torch.float64)
+    scores[torch.as_tensor(order, dtype=torch.long)] = monotone
+    return scores
+
+
+def check_grams(grams: Mapping[int, Tensor]) -> None:
+    for slot, gram in grams.items():
+        if not torch.isfinite(gram).all():
+            raise ProposerError(f"activations reaching the consumers of slot {slot} are not finite: the base "
+                                "model diverged")
