@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from prunenas.arch import Architecture
 from prunenas.budget import cost_of
 from prunenas.cost import count
 from prunenas.errors import BudgetError
@@ -18,6 +19,11 @@ from prunenas.proposers.slimming import BatchNormL1
 from prunenas.spaces import load_space
 
 CONTRACT_SPACES = ["tiny-synthetic", "vgg11-fashionmnist", "resnet20-fashionmnist"]
+# (method, space) pairs a method legitimately cannot serve, and the error it must raise instead:
+# sss only removes residual blocks, and VGG has none.
+UNSUPPORTED = {("sss", "vgg11-fashionmnist"): (ProposerError, "has no removable blocks")}
+# guided/transferred derive widths from a source architecture: the same network, or another of the family.
+TRANSFER_SOURCES = {"vgg11-fashionmnist": "vgg16-cifar10:A", "resnet20-fashionmnist": "resnet56-cifar10:B"}
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +33,43 @@ def providers(tmp_path_factory):
                                     threads=2, log=None) for name in CONTRACT_SPACES}
 
 
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """Source architectures per (method, space): a random proposal of the space for ``guided``; for
+    ``transferred`` a preset of a bigger network of the family, or a three-block tiny net."""
+    folder = tmp_path_factory.mktemp("sources")
+    out = {}
+    for name in CONTRACT_SPACES:
+        space = load_space(name)
+        path = propose("random", space, Target(ratio=0.5), seed=1).save(folder / f"{name}.json")
+        out["guided", name] = str(path)
+        out["transferred", name] = TRANSFER_SOURCES.get(name)
+    tiny = load_space("tiny-synthetic")
+    three = Architecture.create("tiny", [6, 16, 4, 6, 2], {"blocks": 3}, tiny.input_shape, tiny.num_classes)
+    out["transferred", "tiny-synthetic"] = str(three.save(folder / "tiny3.json"))
+    return out
+
+
 @pytest.mark.parametrize("space_name", CONTRACT_SPACES)
 @pytest.mark.parametrize("method", PROPOSERS.names())
-def test_proposer_contract(providers, space_name, method):
+def test_proposer_contract(providers, sources, space_name, method):
     provider = providers[space_name]
     space = provider.space
     target = Target(ratio=0.6)
-    proposal = propose(method, space, target, provider, seed=3)
+    params = {"source": sources[method, space_name]} if (method, space_name) in sources else {}
+    if (method, space_name) in UNSUPPORTED:
+        error, message = UNSUPPORTED[method, space_name]
+        with pytest.raises(error, match=message):
+            propose(method, space, target, provider, params, seed=3)
+        return
+    proposal = propose(method, space, target, provider, params, seed=3)
     arch = proposal.arch
     assert arch.family == space.family and arch.opts == space.base.opts
     assert cost_of(arch, "macs") <= target.absolute(space) * 1.01
     assert all(w >= 1 for w, s in zip(arch.widths, arch.slots) if not s.removable)
     assert all(w <= s.base for w, s in zip(arch.widths, arch.slots))
     assert proposal.method == method and proposal.provenance["seconds"] >= 0
-    again = propose(method, space, target, provider, seed=3)
+    again = propose(method, space, target, provider, params, seed=3)
     assert again.arch.digest() == arch.digest()  # same seed, same architecture
     if proposal.kept is not None:
         assert all(len(proposal.kept[s]) == w for s, w in enumerate(arch.widths))

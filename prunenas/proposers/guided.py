@@ -11,7 +11,7 @@ Here a source architecture gives a *stage pattern* (:func:`stage_pattern`): the 
 beside it would spread one's ratio onto the other. Slots of removed blocks are left out (the pattern is
 about widths). The pattern gives every slot of the target space a shape factor (:func:`pattern_shape`),
 and :func:`prunenas.budget.uniform_twin` scales those factors by one multiplier to the MAC (or parameter)
-target — the uniform twin's rule with a non-uniform shape. Without a cost target the pattern's widths are
+target — the uniform twin's rule with a non-uniform shape (the closest result at most 1% above the target). Without a cost target the pattern's widths are
 returned as they are (multiplier 1).
 
 Stage matching for ``transferred``: a target slot takes the ratio of the source group with the same role
@@ -111,7 +111,7 @@ def guided_proposal(method: str, space: Space, target: Target, source: Architect
                              "stage_match": used}
     try:
         if target.is_cost:
-            twin = uniform_twin(space, target.absolute(space), target.match, shape=shape)
+            twin = uniform_twin(space, target.absolute(space), target.match, shape=shape, at_most=True)
             arch = twin.arch
             facts.update(multiplier=twin.multiplier, twin_error=twin.error,
                          requested_ratio=twin.target / _base_cost(space, target))

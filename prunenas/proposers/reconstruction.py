@@ -98,22 +98,22 @@ def contribution_grams(model: nn.Module, arch: Architecture, batches: Iterable[T
     modules = dict(model.named_modules())
     layer_index = {layer.name: i for i, layer in enumerate(arch.layers)}
     generator = torch.Generator().manual_seed(seed)
-    terms: dict[tuple[int, str], Tensor] = {}
+    terms: dict[tuple[int, str], _Term] = {}
     by_layer: dict[str, list[tuple[int, Consumer]]] = {}
     for slot in slots:
         for consumer in consumers(arch, slot):
             by_layer.setdefault(consumer.layer.name, []).append((slot, consumer))
-            width = arch.widths[slot]
-            terms[slot, consumer.layer.name] = torch.zeros(width, width, dtype=torch.float64)
     weights = {name: _effective_weight(arch, modules, layer_index[name]) for name in by_layer}
+    for name, readers in by_layer.items():
+        for slot, consumer in readers:
+            width = arch.widths[slot]
+            terms[slot, name] = _Term(weights[name][:, consumer.offset:consumer.offset + width].double())
 
     def hook(name: str):
         def run(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            x = inputs[0].detach().float()
+            x = inputs[0].detach()
             for slot, consumer in by_layer[name]:
-                width = arch.widths[slot]
-                patches, weight = _slot_patches(x, module, consumer, width, weights[name], locations, generator)
-                _accumulate(terms[slot, name], patches, weight)
+                terms[slot, name].add(_slot_patches(x, module, consumer, arch.widths[slot], locations, generator))
         return run
 
     handles = [modules[name].register_forward_pre_hook(hook(name)) for name in by_layer]
@@ -130,9 +130,10 @@ def contribution_grams(model: nn.Module, arch: Architecture, batches: Iterable[T
     for slot in slots:
         width = arch.widths[slot]
         total = torch.zeros(width, width, dtype=torch.float64)
-        for (s, _), gram in terms.items():
+        for term in (t for (s, _), t in terms.items() if s == slot):
+            gram = term.gram()
             energy = float(gram.sum())
-            if s == slot and energy > 0:
+            if energy > 0:
                 total += gram / energy
         out[slot] = total
     return out
@@ -154,17 +155,15 @@ def _effective_weight(arch: Architecture, modules: Mapping[str, nn.Module], inde
     return weight
 
 
-def _slot_patches(x: Tensor, module: nn.Module, consumer: Consumer, width: int, weight: Tensor, locations: int,
-                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Sampled input patches of the slot's channels ``(N, C, K)`` and the matching weight ``(out, C, K)``."""
+def _slot_patches(x: Tensor, module: nn.Module, consumer: Consumer, width: int, locations: int,
+                  generator: torch.Generator) -> Tensor:
+    """Sampled input patches of the slot's channels, ``(samples, C, positions per channel)``."""
     layer = consumer.layer
     if layer.kind == "linear":
         rep = layer.in_repeat
         features = x.flatten(1)[:, consumer.offset * rep:(consumer.offset + width) * rep]
-        weight_slice = weight[:, consumer.offset:consumer.offset + width]
-        return features.reshape(len(x), width, rep), weight_slice
-    x = x[:, consumer.offset:consumer.offset + width]
-    return _conv_patches(x, module, locations, generator), weight[:, consumer.offset:consumer.offset + width]
+        return features.reshape(len(x), width, rep)
+    return _conv_patches(x[:, consumer.offset:consumer.offset + width], module, locations, generator)
 
 
 def _conv_patches(x: Tensor, conv: nn.Module, locations: int, generator: torch.Generator) -> Tensor:
@@ -182,16 +181,45 @@ def _conv_patches(x: Tensor, conv: nn.Module, locations: int, generator: torch.G
     padded = F.pad(x, (pw, pw, ph, ph))
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     windows = padded[batch, :, rows[..., :, None], cols[..., None, :]]  # (n, m, kh, kw, C)
-    return windows.reshape(n * m, kh * kw, c).transpose(1, 2)
+    return windows.permute(0, 1, 4, 2, 3).reshape(n * m, c, kh * kw)
 
 
-def _accumulate(gram: Tensor, patches: Tensor, weight: Tensor, budget: int = 1 << 22) -> None:
-    """``gram += sum_i Z_i' Z_i`` with ``Z_i[o, c] = sum_k weight[o, c, k] * patches[i, c, k]``, in chunks."""
-    outputs, channels = weight.shape[0], weight.shape[1]
-    chunk = max(1, budget // max(1, outputs * channels))
-    for start in range(0, len(patches), chunk):
-        z = torch.einsum("ick,ock->ioc", patches[start:start + chunk], weight).reshape(-1, channels)
-        gram += (z.T @ z).double().cpu()
+class _Term:
+    """Running statistics of one (slot, consumer) pair; :meth:`gram` gives ``sum_i Z_i' Z_i`` with
+    ``Z_i[o, c] = sum_k weight[o, c, k] * patch_i[c, k]``.
+
+    Small patches keep their second moments ``M = sum_i p_i p_i'`` (one GEMM per batch) and combine them
+    with ``A = W' W`` at the end: ``G[c, d] = sum_{k, l} M[ck, dl] A[ck, dl]``. Patches too large for that
+    (e.g. a linear layer reading 7x7 features per channel) accumulate the contributions directly, in chunks.
+    """
+
+    MOMENTS_LIMIT = 1 << 24  # entries of the (C K)^2 moment matrix
+
+    def __init__(self, weight: Tensor) -> None:
+        self.weight = weight  # (outputs, C, K), float64
+        outputs, channels, positions = weight.shape
+        self.use_moments = (channels * positions) ** 2 <= self.MOMENTS_LIMIT
+        size = channels * positions if self.use_moments else channels
+        self.total = torch.zeros(size, size, dtype=torch.float64)
+
+    def add(self, patches: Tensor) -> None:
+        outputs, channels, positions = self.weight.shape
+        patches = patches.double()
+        if self.use_moments:
+            flat = patches.reshape(len(patches), channels * positions)
+            self.total += (flat.T @ flat).cpu()
+            return
+        chunk = max(1, (1 << 22) // max(1, outputs * channels))
+        for start in range(0, len(patches), chunk):
+            z = torch.einsum("ick,ock->ioc", patches[start:start + chunk], self.weight).reshape(-1, channels)
+            self.total += (z.T @ z).cpu()
+
+    def gram(self) -> Tensor:
+        if not self.use_moments:
+            return self.total
+        outputs, channels, positions = self.weight.shape
+        w = self.weight.reshape(outputs, channels * positions).cpu()
+        return (self.total * (w.T @ w)).reshape(channels, positions, channels, positions).sum(dim=(1, 3))
 
 
 # -- errors of a selection -------------------------------------------------------------------------------
@@ -250,8 +278,7 @@ def rescaled_curve(gram: Tensor, order: list[int]) -> Tensor:
     importance = list(reversed(order))
     index = torch.as_tensor(importance, dtype=torch.long)
     sub = gram[index][:, index]
-    ridge = RIDGE * float(torch.diagonal(gram).sum().clamp_min(1e-300)) / max(1, len(gram))
-    factor = torch.linalg.cholesky(sub + ridge * torch.eye(len(index), dtype=gram.dtype))
+    factor = _cholesky(sub, RIDGE * float(torch.diagonal(gram).sum().clamp_min(1e-300)) / max(1, len(gram)))
     rhs = gram.sum(dim=1)[index]
     explained = torch.cumsum(torch.linalg.solve_triangular(factor, rhs[:, None], upper=False)[:, 0] ** 2, 0)
     total = float(gram.sum())
@@ -262,6 +289,17 @@ def rescaled_curve(gram: Tensor, order: list[int]) -> Tensor:
         kept = count - j - 1
         curve[j] = kept_error[kept - 1] if kept > 0 else total
     return curve
+
+
+def _cholesky(matrix: Tensor, ridge: float) -> Tensor:
+    """Cholesky factor of ``matrix + ridge I``, the ridge raised tenfold until rounding no longer breaks it."""
+    eye = torch.eye(len(matrix), dtype=matrix.dtype)
+    for _ in range(12):
+        factor, info = torch.linalg.cholesky_ex(matrix + ridge * eye)
+        if int(info) == 0:
+            return factor
+        ridge *= 10
+    raise ProposerError("a reconstruction problem is not positive semi-definite (non-finite activations?)")
 
 
 def curve_scores(order: list[int], curve: Tensor, total: float) -> Tensor:
