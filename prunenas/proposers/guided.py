@@ -11,8 +11,8 @@ Here a source architecture gives a *stage pattern* (:func:`stage_pattern`): the 
 beside it would spread one's ratio onto the other. Slots of removed blocks are left out (the pattern is
 about widths). The pattern gives every slot of the target space a shape factor (:func:`pattern_shape`),
 and :func:`prunenas.budget.uniform_twin` scales those factors by one multiplier to the MAC (or parameter)
-target — the uniform twin's rule with a non-uniform shape (the closest result at most 1% above the target). Without a cost target the pattern's widths are
-returned as they are (multiplier 1).
+target — the uniform twin's rule with a non-uniform shape (the closest result at most 1% above the
+target). Without a cost target the pattern's widths are returned as they are (multiplier 1).
 
 Stage matching for ``transferred``: a target slot takes the ratio of the source group with the same role
 whose stage index (the number of downsamplings before it) is nearest (ties: the lower stage); a role the
