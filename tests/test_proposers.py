@@ -30,7 +30,7 @@ TRANSFER_SOURCES = {"vgg11-fashionmnist": "vgg16-cifar10:A", "resnet20-fashionmn
 def providers(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     return {name: BaseModelProvider(load_space(name), epochs=1, subset=1500, val_size=500, cache_dir=cache,
-                                    threads=2, log=None) for name in CONTRACT_SPACES}
+                                    threads=1, log=None) for name in CONTRACT_SPACES}
 
 
 @pytest.fixture(scope="module")

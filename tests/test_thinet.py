@@ -212,7 +212,7 @@ def test_thinet_reconstructs_real_activations_better_than_random_channels(fashio
 def test_thinet_cli(tmp_path):
     out = tmp_path / "proposal.json"
     cmd = [sys.executable, "-m", "prunenas", "propose", "thinet", "tiny-synthetic", "--ratio", "0.5", "--base-epochs",
-           "1", "--cache-dir", str(tmp_path / "cache"), "--param", "images=64", "--out", str(out), "--threads", "2"]
+           "1", "--cache-dir", str(tmp_path / "cache"), "--param", "images=64", "--out", str(out), "--threads", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "thinet on tiny-synthetic" in proc.stdout
