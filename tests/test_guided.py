@@ -114,6 +114,6 @@ def test_guided_and_transferred_cli(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "guided on vgg11-fashionmnist" in proc.stdout and (tmp_path / "guided.json").exists()
-    bad = subprocess.run([sys.executable, "-m", "prunenas", "propose", "guided", "vgg11-fashionmnist", "--ratio", "0.4"],
-                         capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "prunenas", "propose", "guided", "vgg11-fashionmnist", "--ratio", "0.4"]
+    bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 2 and "give the source architecture" in bad.stderr

@@ -124,6 +124,12 @@ def test_sss_removes_blocks_of_a_fashion_mnist_resnet_at_a_strong_penalty(tmp_pa
     assert {k for k in base.trained_state if k.endswith(SCALE)} == {f"{n}.{SCALE}" for n in
                                                                   branch_outputs(space.base).values()}
     assert not any(k.endswith(SCALE) for k in base.architecture_state())
+    trained = space.base.build()
+    install_block_scales(trained, space.base)
+    trained.load_state_dict(base.trained_state)
+    x = torch.randn(4, *space.input_shape)
+    with torch.no_grad():  # removed factors are exactly 0 and the kept ones are folded: the same function
+        assert torch.allclose(base.inherit(proposal).eval()(x), trained.eval()(x), rtol=1e-4, atol=1e-4)
     arch = proposal.arch
     removed = proposal.provenance["removed_blocks"]
     assert len(removed) >= 1 and proposal.provenance["depth_removed"] == len(removed)

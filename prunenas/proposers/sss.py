@@ -13,8 +13,9 @@ The factor sits on the branch's last module, the one that writes into the residu
 the family's layer list: the last layer that exists only while the block does — ``layer1.1.bn2`` in
 ``resnet_cifar``, ``conv3`` in ``preresnet``, the projection's batch norm of a MobileNetV2 inverted
 residual), as a parameter named ``sss_scale`` scaled in by a forward hook. It is saved with the base model
-as an extra state-dict key, which :meth:`~prunenas.proposers.basemodel.BaseModel.architecture_state`
-drops; :func:`fold_block_scales` folds the factors into the weights for inheritance.
+as an extra state-dict key; :meth:`~prunenas.proposers.basemodel.BaseModel.architecture_state` folds it
+into that module's weights (:func:`fold_block_scales`), so the fine-tune and lottery arms inherit a network
+that computes what the trained one did.
 
 Targets: without one, blocks whose ``|lambda| <= threshold`` are removed (the penalty decides the depth);
 with a MAC (or parameter) target, blocks go in order of increasing ``|lambda|`` until the cost is met.
