@@ -19,6 +19,7 @@ from prunenas.proposers.basemodel import StaticProvider, base_model_from
 from prunenas.proposers.reconstruction import (
     _Term,
     calibration_images,
+    consumers,
     contribution_grams,
     curve_scores,
     prunable_slots,
@@ -31,7 +32,7 @@ from prunenas.proposers.select import select_by_threshold
 from prunenas.proposers.thinet import greedy_removal_order
 from prunenas.spaces import load_space
 
-from .conftest import planted_tiny_provider
+from .conftest import FAMILY_CASES, case_id, make_arch, planted_tiny_provider
 
 
 def hand_made_contributions():
@@ -143,6 +144,50 @@ def test_gram_matrix_gives_the_real_output_change_of_removing_channels(monkeypat
         expected = float((full - output(removed)).pow(2).sum() / (full - output(everything)).pow(2).sum())
     gram = grams[slot]
     assert removal_error(gram, removed) / float(gram.sum()) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("case", FAMILY_CASES, ids=case_id)
+def test_gram_matrix_gives_the_real_output_change_in_every_family(case):
+    """For the first prunable slot of every family (concatenated DenseNet inputs, MobileNet depthwise
+    producers, pre-activation consumers...): removal error = the sum over its consumers of the real change of
+    each consumer's output (after the batch norm that follows it, if any), relative to that output's part
+    from the slot."""
+    arch = make_arch(case)
+    slot = prunable_slots(arch, False)[0]
+    torch.manual_seed(0)
+    model = arch.build().eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_var.uniform_(0.5, 2.0)
+            module.running_mean.uniform_(-0.5, 0.5)
+    x = torch.randn(3, *arch.input_shape)
+    gram = contribution_grams(model, arch, [x], [slot], locations=100_000)[slot]
+    removed = list(range(0, arch.widths[slot], 3))
+    expected = 0.0
+    for consumer in consumers(arch, slot):
+        module = model.get_submodule(consumer.layer.name)
+        captured = []
+        handle = module.register_forward_pre_hook(lambda m, i, out=captured: out.append(i[0].clone()))
+        with torch.no_grad():
+            model(x)
+        handle.remove()
+        index = [layer.name for layer in arch.layers].index(consumer.layer.name)
+        after = arch.layers[index + 1] if index + 1 < len(arch.layers) else None
+        norm = model.get_submodule(after.name) if after is not None and after.kind == "bn" and \
+            after.inputs == (consumer.layer.output,) else None
+
+        def output(channels, inputs=captured[0], module=module, norm=norm, consumer=consumer):
+            cut = inputs.clone().view(len(inputs), inputs.shape[1] // consumer.layer.in_repeat
+                                      if consumer.layer.kind == "linear" else inputs.shape[1], -1)
+            cut[:, [consumer.offset + c for c in channels]] = 0
+            with torch.no_grad():
+                y = module(cut.view_as(inputs))
+                return norm(y) if norm is not None else y
+
+        full = output([])
+        everything = list(range(arch.widths[slot]))
+        expected += float((full - output(removed)).pow(2).sum() / (full - output(everything)).pow(2).sum())
+    assert removal_error(gram, removed) == pytest.approx(expected, rel=1e-4)
 
 
 PLANTED = {0: [2, 5], 2: [1], 3: [0, 7]}
