@@ -12,7 +12,13 @@ import torch
 from prunenas.data import load_data
 from prunenas.proposers import Target, propose
 from prunenas.proposers.basemodel import StaticProvider, base_model_from
-from prunenas.proposers.reconstruction import calibration_images, contribution_grams, prunable_slots
+from prunenas.proposers.reconstruction import (
+    _Term,
+    calibration_images,
+    contribution_grams,
+    least_squares_weights,
+    prunable_slots,
+)
 from prunenas.proposers.regression import (
     lasso,
     lasso_path,
@@ -22,7 +28,7 @@ from prunenas.proposers.regression import (
 )
 from prunenas.spaces import load_space
 
-from .test_thinet import held_out_error, real_grams
+from .test_thinet import held_out_error, pruned_network_quality, real_grams
 
 TRUE_SUPPORT = [1, 4, 6, 9]
 
@@ -103,6 +109,26 @@ def test_lasso_reconstructs_real_activations_better_than_random_channels(fashion
         assert chosen < min(statistics.median(randoms), statistics.mean(randoms)), (slot, chosen, randoms)
         ratios.append(chosen / statistics.mean(randoms))
     assert statistics.mean(ratios) < 0.7, ratios
+
+
+def test_least_squares_weights_absorb_a_duplicated_input_channel():
+    """Channel 2 reads the same input as channel 0: keeping {0, 1}, the exact reconstruction is W0 + W2, W1."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(3, 3, 2, generator=gen, dtype=torch.float64)  # (outputs, channels, positions)
+    patches = torch.randn(50, 3, 2, generator=gen, dtype=torch.float64)
+    patches[:, 2] = patches[:, 0]
+    term = _Term(weight)
+    term.add(patches)
+    solved = least_squares_weights(term, [0, 1], weight)
+    assert torch.allclose(solved, torch.stack([weight[:, 0] + weight[:, 2], weight[:, 1]], dim=1), atol=1e-6)
+
+
+def test_least_squares_weights_bring_the_pruned_network_back_towards_the_base(fashion_providers):
+    """He et al.'s second step on real activations (one shot, from the base network's statistics)."""
+    provider = fashion_providers["vgg11-fashionmnist"]
+    inherited = pruned_network_quality(provider, "regression", None)
+    reconstructed = pruned_network_quality(provider, "regression", "weights")
+    assert reconstructed[1] < 0.5 * inherited[1] and reconstructed[0] > inherited[0] + 0.1, (inherited, reconstructed)
 
 
 def test_regression_preset_keeps_the_lasso_support_at_each_width():

@@ -30,11 +30,15 @@ The per-layer removal order a method finds (greedy, LASSO path) and its error cu
 order. One global threshold over those scores (:func:`prunenas.proposers.select.select_by_cost`) removes
 channels from every slot until its relative reconstruction error reaches the same level — the MAC target
 is met by spending the error budget evenly.
+
+:func:`reconstructed_model` applies the methods' last step to a proposal's network for fine-tuning: the kept
+weights refitted by least squares, per channel (ThiNet) or in full (He et al.,
+:func:`least_squares_weights`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +48,8 @@ from torch import Tensor, nn
 from prunenas.arch import Architecture
 from prunenas.data import Split
 from prunenas.families.base import INPUT, Layer
+from prunenas.proposers.basemodel import BaseModel
+from prunenas.proposers.proposal import Proposal
 from prunenas.proposers.registry import ProposerError
 
 RIDGE = 1e-10
@@ -94,26 +100,44 @@ def contribution_grams(model: nn.Module, arch: Architecture, batches: Iterable[T
     in eval mode with hooks on the consumers. Returns slot -> float64 ``(C, C)`` matrix, the sum over
     consumers of ``G_t / (1' G_t 1)`` (consumers whose output does not depend on the slot are skipped).
     """
+    return {slot: normalised_gram(arch.widths[slot], terms)
+            for slot, terms in sample_consumers(model, arch, batches, slots, locations, seed).items()}
+
+
+def normalised_gram(width: int, terms: Iterable[tuple[Consumer, _Term]]) -> Tensor:
+    """``sum_t G_t / (1' G_t 1)`` over a slot's consumer statistics."""
+    total = torch.zeros(width, width, dtype=torch.float64)
+    for _, term in terms:
+        gram = term.gram()
+        energy = float(gram.sum())
+        if energy > 0:
+            total += gram / energy
+    return total
+
+
+@torch.no_grad()
+def sample_consumers(model: nn.Module, arch: Architecture, batches: Iterable[Tensor], slots: Iterable[int],
+                     locations: int = 10, seed: int = 0) -> dict[int, list[tuple[Consumer, _Term]]]:
+    """Slot -> (consumer, sampled statistics of the slot's input patches) for each of its consumers."""
     slots = list(slots)
     modules = dict(model.named_modules())
     layer_index = {layer.name: i for i, layer in enumerate(arch.layers)}
     generator = torch.Generator().manual_seed(seed)
-    terms: dict[tuple[int, str], _Term] = {}
-    by_layer: dict[str, list[tuple[int, Consumer]]] = {}
+    out: dict[int, list[tuple[Consumer, _Term]]] = {slot: [] for slot in slots}
+    by_layer: dict[str, list[tuple[int, Consumer, _Term]]] = {}
     for slot in slots:
         for consumer in consumers(arch, slot):
-            by_layer.setdefault(consumer.layer.name, []).append((slot, consumer))
-    weights = {name: _effective_weight(arch, modules, layer_index[name]) for name in by_layer}
-    for name, readers in by_layer.items():
-        for slot, consumer in readers:
-            width = arch.widths[slot]
-            terms[slot, name] = _Term(weights[name][:, consumer.offset:consumer.offset + width].double())
+            name, width = consumer.layer.name, arch.widths[slot]
+            weight = _effective_weight(arch, modules, layer_index[name])
+            term = _Term(weight[:, consumer.offset:consumer.offset + width].double())
+            out[slot].append((consumer, term))
+            by_layer.setdefault(name, []).append((slot, consumer, term))
 
     def hook(name: str):
         def run(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
             x = inputs[0].detach()
-            for slot, consumer in by_layer[name]:
-                terms[slot, name].add(_slot_patches(x, module, consumer, arch.widths[slot], locations, generator))
+            for slot, consumer, term in by_layer[name]:
+                term.add(_slot_patches(x, module, consumer, arch.widths[slot], locations, generator))
         return run
 
     handles = [modules[name].register_forward_pre_hook(hook(name)) for name in by_layer]
@@ -126,16 +150,6 @@ def contribution_grams(model: nn.Module, arch: Architecture, batches: Iterable[T
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    out = {}
-    for slot in slots:
-        width = arch.widths[slot]
-        total = torch.zeros(width, width, dtype=torch.float64)
-        for term in (t for (s, _), t in terms.items() if s == slot):
-            gram = term.gram()
-            energy = float(gram.sum())
-            if energy > 0:
-                total += gram / energy
-        out[slot] = total
     return out
 
 
@@ -314,6 +328,66 @@ def curve_scores(order: list[int], curve: Tensor, total: float) -> Tensor:
     scores = torch.empty(count, dtype=torch.float64)
     scores[torch.as_tensor(order, dtype=torch.long)] = monotone
     return scores
+
+
+def least_squares_weights(term: _Term, kept: Sequence[int], weight: Tensor) -> Tensor:
+    """He et al.'s reconstruction: the kept channels' weights ``W'`` ``(outputs, |S|, K)`` minimising
+    ``sum_i ||W p_i - W' p_{i,S}||^2`` over the sampled patches ``p_i`` of the slot, where ``W``
+    ``(outputs, C, K)`` are the unpruned weights of the slot's channels. Needs the patch moments (``term``
+    sampled with them); a tiny ridge keeps singular problems solvable."""
+    if not term.use_moments:
+        raise ProposerError("least-squares weights need the patch moments; this consumer's patches are too large")
+    outputs, channels, positions = weight.shape
+    index = (torch.as_tensor(list(kept))[:, None] * positions + torch.arange(positions)).reshape(-1)
+    moments = term.total
+    sub = moments[index][:, index]
+    rhs = moments[index] @ weight.reshape(outputs, channels * positions).T.double()
+    ridge = RIDGE * float(torch.diagonal(moments).sum().clamp_min(1e-300)) / max(1, len(moments))
+    solution = torch.linalg.solve(sub + ridge * torch.eye(len(index), dtype=sub.dtype), rhs)
+    return solution.T.reshape(outputs, len(index) // positions, positions)
+
+
+@torch.no_grad()
+def reconstructed_model(base: BaseModel, proposal: Proposal, batches: Iterable[Tensor], mode: str = "rescale",
+                        locations: int = 10, seed: int = 0) -> nn.Module:
+    """The proposal's network with weights inherited from ``base``, the consumers of every pruned slot refitted
+    by least squares to reproduce the unpruned network's outputs on sampled activations (for fine-tuning).
+
+    ``mode="rescale"`` (ThiNet) multiplies each kept channel's weights in all its consumers by one coefficient
+    (:func:`rescale_coefficients`); ``mode="weights"`` (He et al.) solves each consumer's kept weights
+    (:func:`least_squares_weights`; consumers whose patches are too large for the moments fall back to the
+    rescaling). One shot: the statistics come from the base network's activations, so the refit of a layer
+    does not see the pruning of the layers before it.
+    """
+    if mode not in ("rescale", "weights"):
+        raise ProposerError(f"reconstruction mode {mode!r} must be 'rescale' or 'weights'")
+    arch, target = base.arch, proposal.arch
+    kept = proposal.kept or {}
+    pruned = [s for s, w in enumerate(target.widths) if 0 < w < arch.widths[s] and s in kept and consumers(arch, s)]
+    model = base.inherit(proposal)
+    source = base.model()
+    samples = sample_consumers(source, arch, batches, pruned, locations, seed)
+    for slot in pruned:
+        channels = list(kept[slot])
+        coefficients = rescale_coefficients(normalised_gram(arch.widths[slot], samples[slot]), channels)
+        now = {c.layer.name: c for c in consumers(target, slot)}
+        for consumer, term in samples[slot]:
+            if consumer.layer.name not in now:
+                continue  # the consumer's block is removed
+            module = model.get_submodule(consumer.layer.name)
+            width, offset = len(channels), now[consumer.layer.name].offset
+            view = module.weight.data.view(module.weight.shape[0], -1, term.weight.shape[2])
+            if mode == "weights" and term.use_moments:
+                original = source.get_submodule(consumer.layer.name).weight.detach()
+                original = original.view(original.shape[0], -1, term.weight.shape[2])
+                original = original[:, consumer.offset:consumer.offset + arch.widths[slot]]
+                out = consumer.layer.output
+                if out is not None and out in kept:
+                    original = original[list(kept[out])]
+                view[:, offset:offset + width] = least_squares_weights(term, channels, original).to(view.dtype)
+            else:
+                view[:, offset:offset + width] *= coefficients.to(view.dtype).view(1, -1, 1)
+    return model
 
 
 def check_grams(grams: Mapping[int, Tensor]) -> None:

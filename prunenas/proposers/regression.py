@@ -17,6 +17,10 @@ channels by the largest ``lambda`` at which their coefficient is still non-zero 
 and ranks them by the relative error left after the least-squares refit when they go, cut at one level
 across layers.
 
+The refit used for ranking is one coefficient per kept channel; the full least-squares reconstruction of
+the kept weights (He et al.'s second step) is :func:`~prunenas.proposers.reconstruction.reconstructed_model`
+with ``mode="weights"``, which gives the pruned network for fine-tuning.
+
 Not offered: the paper's ResNet-50-2x also prunes the *input* channels each bottleneck's first conv reads
 from the residual stream (a channel selection); architectures here are vectors of produced channels and
 cannot express it (see the README's differences from the seed).

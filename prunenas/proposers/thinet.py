@@ -15,6 +15,10 @@ the least-squares rescaling with ``rescale``) and cuts all layers at one error l
 (:func:`~prunenas.proposers.reconstruction.curve_scores`).
 
 Residual streams are not pruned unless ``prune_tied`` (the paper pruned only inside bottlenecks).
+
+A proposal is an architecture and the kept channels; for fine-tuning,
+:func:`~prunenas.proposers.reconstruction.reconstructed_model` (``mode="rescale"``) gives the pruned network
+with the kept channels' weights rescaled by least squares.
 """
 
 from __future__ import annotations
