@@ -259,7 +259,7 @@ def test_l1_chosen_filters_beat_random_filters_on_real_fashion_mnist(tmp_path_fa
     from prunenas.train import evaluate
 
     space = load_space("vgg11-fashionmnist")
-    provider = BaseModelProvider(space, recipe="cifar-paper", epochs=6, subset=12000, val_size=2000, threads=2,
+    provider = BaseModelProvider(space, recipe="cifar-paper", epochs=6, subset=12000, val_size=2000, threads=1,
                                  cache_dir=tmp_path_factory.mktemp("cache"), log=None)
     proposal = propose("l1-norm", space, Target(ratio=0.7), provider)
     base = provider.get(None)

@@ -183,7 +183,9 @@ def _slot_patches(x: Tensor, module: nn.Module, consumer: Consumer, width: int, 
 def _conv_patches(x: Tensor, conv: nn.Module, locations: int, generator: torch.Generator) -> Tensor:
     """``locations`` random output positions per image; their input windows as ``(N * m, C, kh * kw)``."""
     (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
-    ph, pw = conv.padding if isinstance(conv.padding, tuple) else (0, 0)
+    if isinstance(conv.padding, str):
+        raise ProposerError(f"conv padding {conv.padding!r}: only explicit paddings are supported")
+    ph, pw = conv.padding
     n, c, h, w = x.shape
     out_h, out_w = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     positions = out_h * out_w
