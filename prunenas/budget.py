@@ -72,13 +72,15 @@ def uniform_widths(space: Space, multiplier: float, round_up: int | None = None,
 
 
 def uniform_twin(space: Space, target: int, match: Match = "macs", iterations: int = 60,
-                 shape: Sequence[float] | None = None) -> Twin:
+                 shape: Sequence[float] | None = None, at_most: bool = False) -> Twin:
     """The uniform architecture whose cost is closest to ``target`` (MACs or params).
 
     Cost is a non-decreasing step function of the multiplier; bisection finds the step that crosses the
     target, then a second bisection over how many slots round up refines it. The closest candidate is
     returned; ``Twin.within_tolerance`` says whether it is within +-1%. ``shape`` (one factor per slot in
     (0, 1]) scales slots unequally before the common multiplier — the random-widths control uses it.
+    ``at_most`` prefers the closest candidate that costs at most ``target x (1 + 1%)`` (proposers whose
+    result must respect a budget), when one exists.
     """
     if target <= 0:
         raise BudgetError(f"target {match} {target} must be positive")
@@ -97,6 +99,8 @@ def uniform_twin(space: Space, target: int, match: Match = "macs", iterations: i
     if not any(t.within_tolerance for t in candidates):
         for j in range(REFINE_STEPS + 1):  # floor/ceil patterns of multipliers around the crossing
             candidates += _refine_rounding(space, lo * (0.85 + 0.15 * j / REFINE_STEPS), target, match, shape)
+    if at_most:
+        candidates = [t for t in candidates if t.error <= TOLERANCE] or candidates
     return min(candidates, key=lambda t: (abs(t.error), t.multiplier))
 
 

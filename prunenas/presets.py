@@ -8,6 +8,14 @@ that produces a non-tied slot keeps ``int(base * (1 - ratio))`` filters, where `
 ``layer_ratios[id]`` if given, else ``stage_ratios[stage]``, and 0 for ids in ``skip``. Residual streams
 are never pruned. E.g. ResNet-56-A: ``stage_ratios: [0.1, 0.1, 0.1], skip: [16, 20, 38, 54]``.
 
+``keep-ratios`` — a kept fraction per slot, chosen by the slot's name: ``ratios`` maps glob patterns
+(:func:`fnmatch.fnmatchcase` on slot names such as ``conv3`` or ``layer2.1.inner1``) to fractions in (0, 1];
+the first matching pattern applies, a slot matching none keeps its base width. A matched slot keeps
+``max(1, int(base * ratio))`` channels (the seed's truncation). Residual-tied slots are changed only when a
+pattern names them. E.g. ThiNet-30 on ResNet-50 (Luo et al. 2017, seed_repo.md §2.2: bottleneck conv1/conv2
+at 19/38/76/153, the stream and conv3 untouched): ``ratios: {"layer*.inner*": 0.3}``; ThiNet-Conv on VGG-16
+(the first ten convs halved): ``ratios: {"conv[1-9]": 0.5, "conv10": 0.5}``.
+
 ``widths`` — an explicit width list (published architectures whose rule is not known, e.g. copied Caffe
 models).
 """
@@ -15,6 +23,7 @@ models).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 from prunenas.errors import SpaceError
@@ -53,6 +62,26 @@ def l1_norm_rule(space: Space, spec: Mapping[str, Any]) -> tuple[int, ...]:
             continue
         ratio = layer_ratios.get(conv_id, stage_ratios[info.stage] if info.stage < len(stage_ratios) else 0.0)
         widths[slot] = max(1, int(info.base * (1 - ratio)))
+    return tuple(widths)
+
+
+@PRESET_RULES.register("keep-ratios")
+def keep_ratios_rule(space: Space, spec: Mapping[str, Any]) -> tuple[int, ...]:
+    _only_keys(spec, {"rule", "ratios", "description"})
+    ratios = spec.get("ratios")
+    if not isinstance(ratios, Mapping) or not ratios:
+        raise SpaceError("preset rule 'keep-ratios' needs 'ratios': a mapping of slot-name patterns to fractions")
+    for pattern, ratio in ratios.items():
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 1:
+            raise SpaceError(f"preset rule 'keep-ratios': ratio {ratio!r} of {pattern!r} must be in (0, 1]")
+    unused = [p for p in ratios if not any(fnmatchcase(slot.name, str(p)) for slot in space.slots)]
+    if unused:
+        raise SpaceError(f"preset rule 'keep-ratios': pattern {unused[0]!r} matches no slot of {space.name!r}")
+    widths = list(space.upper)
+    for s, slot in enumerate(space.slots):
+        ratio = next((float(r) for p, r in ratios.items() if fnmatchcase(slot.name, str(p))), None)
+        if ratio is not None:
+            widths[s] = max(1, int(slot.base * ratio))
     return tuple(widths)
 
 

@@ -90,7 +90,8 @@ class TrainingDiverged(PrunenasError):
 class Regularizer:
     """Hooks that pruning methods add to training (all optional; the defaults do nothing).
 
-    ``prepare`` may wrap the model before training (e.g. learnable block scales); ``before_step`` runs after
+    ``prepare`` may wrap the model before training (e.g. learnable block scales); ``attach`` receives the
+    optimiser once it exists (e.g. to read the learning rate of a proximal step); ``before_step`` runs after
     ``backward`` (e.g. Network Slimming's L1 subgradient on BN scales),
     ``after_step`` after the optimiser step (e.g. a proximal step), ``end_epoch`` after each epoch (e.g.
     Soft Filter Pruning's zeroing of weak filters). State that must survive a resume goes in ``state_dict``.
@@ -99,6 +100,9 @@ class Regularizer:
     def prepare(self, model: nn.Module) -> nn.Module:
         """The module to train (default: ``model`` itself)."""
         return model
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once with the optimiser that trains the prepared model."""
 
     def before_step(self, model: nn.Module) -> None:
         """Called between backward and the optimiser step."""
@@ -244,6 +248,7 @@ class _Run:
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov and config.momentum > 0,
                                          weight_decay=config.weight_decay)
+        regularizer.attach(self.optimizer)
         n = len(data.train)
         self.steps_per_epoch = n // config.batch_size if n >= config.batch_size else 1
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(

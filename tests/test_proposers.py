@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from prunenas.arch import Architecture
 from prunenas.budget import cost_of
 from prunenas.cost import count
 from prunenas.errors import BudgetError
@@ -18,29 +19,57 @@ from prunenas.proposers.slimming import BatchNormL1
 from prunenas.spaces import load_space
 
 CONTRACT_SPACES = ["tiny-synthetic", "vgg11-fashionmnist", "resnet20-fashionmnist"]
+# (method, space) pairs a method legitimately cannot serve, and the error it must raise instead:
+# sss only removes residual blocks, and VGG has none.
+UNSUPPORTED = {("sss", "vgg11-fashionmnist"): (ProposerError, "has no removable blocks")}
+# guided/transferred derive widths from a source architecture: the same network, or another of the family.
+TRANSFER_SOURCES = {"vgg11-fashionmnist": "vgg16-cifar10:A", "resnet20-fashionmnist": "resnet56-cifar10:B"}
 
 
 @pytest.fixture(scope="module")
 def providers(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     return {name: BaseModelProvider(load_space(name), epochs=1, subset=1500, val_size=500, cache_dir=cache,
-                                    threads=2, log=None) for name in CONTRACT_SPACES}
+                                    threads=1, log=None) for name in CONTRACT_SPACES}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """Source architectures per (method, space): a random proposal of the space for ``guided``; for
+    ``transferred`` a preset of a bigger network of the family, or a three-block tiny net."""
+    folder = tmp_path_factory.mktemp("sources")
+    out = {}
+    for name in CONTRACT_SPACES:
+        space = load_space(name)
+        path = propose("random", space, Target(ratio=0.5), seed=1).save(folder / f"{name}.json")
+        out["guided", name] = str(path)
+        out["transferred", name] = TRANSFER_SOURCES.get(name)
+    tiny = load_space("tiny-synthetic")
+    three = Architecture.create("tiny", [6, 16, 4, 6, 2], {"blocks": 3}, tiny.input_shape, tiny.num_classes)
+    out["transferred", "tiny-synthetic"] = str(three.save(folder / "tiny3.json"))
+    return out
 
 
 @pytest.mark.parametrize("space_name", CONTRACT_SPACES)
 @pytest.mark.parametrize("method", PROPOSERS.names())
-def test_proposer_contract(providers, space_name, method):
+def test_proposer_contract(providers, sources, space_name, method):
     provider = providers[space_name]
     space = provider.space
     target = Target(ratio=0.6)
-    proposal = propose(method, space, target, provider, seed=3)
+    params = {"source": sources[method, space_name]} if (method, space_name) in sources else {}
+    if (method, space_name) in UNSUPPORTED:
+        error, message = UNSUPPORTED[method, space_name]
+        with pytest.raises(error, match=message):
+            propose(method, space, target, provider, params, seed=3)
+        return
+    proposal = propose(method, space, target, provider, params, seed=3)
     arch = proposal.arch
     assert arch.family == space.family and arch.opts == space.base.opts
     assert cost_of(arch, "macs") <= target.absolute(space) * 1.01
     assert all(w >= 1 for w, s in zip(arch.widths, arch.slots) if not s.removable)
     assert all(w <= s.base for w, s in zip(arch.widths, arch.slots))
     assert proposal.method == method and proposal.provenance["seconds"] >= 0
-    again = propose(method, space, target, provider, seed=3)
+    again = propose(method, space, target, provider, params, seed=3)
     assert again.arch.digest() == arch.digest()  # same seed, same architecture
     if proposal.kept is not None:
         assert all(len(proposal.kept[s]) == w for s, w in enumerate(arch.widths))
@@ -230,7 +259,7 @@ def test_l1_chosen_filters_beat_random_filters_on_real_fashion_mnist(tmp_path_fa
     from prunenas.train import evaluate
 
     space = load_space("vgg11-fashionmnist")
-    provider = BaseModelProvider(space, recipe="cifar-paper", epochs=6, subset=12000, val_size=2000, threads=2,
+    provider = BaseModelProvider(space, recipe="cifar-paper", epochs=6, subset=12000, val_size=2000, threads=1,
                                  cache_dir=tmp_path_factory.mktemp("cache"), log=None)
     proposal = propose("l1-norm", space, Target(ratio=0.7), provider)
     base = provider.get(None)

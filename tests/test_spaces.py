@@ -10,7 +10,7 @@ from prunenas.spaces import load_space, space_names, spaces_dir
 REQUIRED = ["vgg16-cifar10", "vgg19-cifar10", "vgg19-cifar100", "resnet20-cifar10", "resnet56-cifar10",
             "resnet110-cifar10", "preresnet164-cifar10", "densenet40-cifar10", "resnet18-imagenet",
             "resnet34-imagenet", "resnet50-imagenet", "mobilenetv2-cifar10", "vgg11-fashionmnist",
-            "resnet20-fashionmnist", "tiny-synthetic"]
+            "resnet20-fashionmnist", "tiny-synthetic", "vgg16-imagenet", "vgg16gap-imagenet"]
 
 
 def test_required_spaces_exist():

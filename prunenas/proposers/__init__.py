@@ -8,7 +8,12 @@ scratch. Shared machinery:
 * :mod:`~prunenas.proposers.proposal` — :class:`Target` (what is asked) and :class:`Proposal` (what comes back);
 * :mod:`~prunenas.proposers.basemodel` — the base-model cache and providers;
 * :mod:`~prunenas.proposers.channels` — where each slot's channels live, weight inheritance;
-* :mod:`~prunenas.proposers.select` — from channel scores to widths at a threshold, cost target or preset.
+* :mod:`~prunenas.proposers.select` — from channel scores to widths at a threshold, cost target or preset;
+* :mod:`~prunenas.proposers.reconstruction` — sampled activations and per-layer reconstruction problems
+  (ThiNet, channel pruning).
+
+Methods: ``l1-norm``, ``slimming``, ``sfp``, ``magnitude``, ``thinet``, ``regression``, ``sss`` (pruning a trained
+network), ``guided`` / ``transferred`` (from a source architecture), ``uniform`` / ``random`` (controls).
 
 Only fully implemented methods are registered; ``prunenas proposers`` lists them with their parameters.
 """
@@ -18,7 +23,17 @@ from prunenas.proposers.registry import PROPOSERS, Param, ProposerError, propose
 
 
 def _register_builtins() -> None:
-    from prunenas.proposers import l1_norm, magnitude, sfp, slimming, uniform  # noqa: F401
+    from prunenas.proposers import (  # noqa: F401
+        guided,
+        l1_norm,
+        magnitude,
+        regression,
+        sfp,
+        slimming,
+        sss,
+        thinet,
+        uniform,
+    )
 
 
 _register_builtins()

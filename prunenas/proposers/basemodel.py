@@ -105,9 +105,18 @@ class BaseModel:
         return inherit(self.arch, self.architecture_state(which), proposal.arch, kept)
 
     def architecture_state(self, which: str = "trained") -> dict[str, torch.Tensor]:
-        """The state restricted to ``arch.build()``'s keys (drops a regulariser's extra tensors)."""
+        """The state restricted to ``arch.build()``'s keys (drops a regulariser's extra tensors).
+
+        Sparse Structure Selection's block scale factors are folded into their modules' weights first, so the
+        plain network computes what the trained one did (:func:`prunenas.proposers.sss.fold_block_scales`).
+        """
         keys = self.arch.build().state_dict().keys()
         state = self.state(which)
+        if any(k.endswith(".sss_scale") for k in state):
+            from prunenas.proposers.sss import fold_block_scales
+
+            state = dict(state)
+            fold_block_scales(self.arch, state)
         return {k: state[k] for k in keys}
 
 
