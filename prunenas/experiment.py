@@ -29,7 +29,7 @@ OBJECTIVES = (("val_acc",), ("val_acc", "macs"))
 SCHEDULERS = ("none", "asha")
 TOP_KEYS = {"name", "space", "data", "base", "proposers", "targets", "arms", "budgets", "seeds", "recipe",
             "finetune", "search", "scheduler", "resources", "concurrency", "storage", "address", "max_failures",
-            "description"}
+            "description", "expected"}
 
 
 class ExperimentError(PrunenasError):
@@ -64,6 +64,7 @@ class Experiment:
     base_seed: int = 0
     proposers: Mapping[str, Mapping[str, Setting]] = field(default_factory=dict)
     target: Setting = 0.5
+    presets: tuple[str, ...] | None = None  # None: every preset of the space, for methods that have presets
     match: str = "macs"
     arms: tuple[str, ...] = ("proposed", "uniform")
     budgets: tuple[str, ...] = ("scratch-e",)
@@ -124,7 +125,7 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
     resources, finetune = root.section("resources"), root.section("finetune")
     data_sec.only({"name", "root", "val_size", "subset"})
     base.only({"recipe", "epochs", "seed"})
-    targets.only({"ratios", "macs", "match"})
+    targets.only({"ratios", "macs", "presets", "match"})
     seeds.only({"search", "eval"})
     recipe.only({"name", "epochs", "lr"})
     finetune.only({"recipe", "epochs"})
@@ -145,6 +146,7 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
         base_seed=base.get("seed", int, default=0),
         proposers=_proposers(root.get("proposers", dict, required=True)),
         target=_targets(targets),
+        presets=_presets(targets, space),
         match=targets.choice("match", ("macs", "params"), default="macs"),
         arms=tuple(root.choices("arms", ARMS, default=["proposed", "uniform"])),
         budgets=tuple(root.choices("budgets", BUDGETS, default=["scratch-e"])),
@@ -172,8 +174,22 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
         description=root.get("description", str, default=""),
         source=dict(data),
     )
+    _check_expected(data.get("expected"))
     _cross_checks(exp)
     return exp
+
+
+def _check_expected(expected: Any) -> None:
+    """``expected``: the paper's numbers a pack is compared with (documentation; never read by the search)."""
+    if expected is None:
+        return
+    reader = _Reader(expected, "expected.")
+    reader.only({"unpruned", "rows", "also", "source"})
+    for i, row in enumerate(reader.get("rows", list, default=[])):
+        _Reader(row, f"expected.rows[{i}].").only({"target", "arm", "budget", "value", "tag", "percent", "sparsity"})
+        if row.get("tag") not in ("R", "X", "P"):
+            raise ExperimentError(f"expected.rows[{i}].tag: {row.get('tag')!r} not in {{R, X, P}} (read, checked, "
+                                  "recalled)")
 
 
 # -- section readers --------------------------------------------------------------------------------------
@@ -297,9 +313,22 @@ def _setting(value: Any, where: str, check: Any, numeric: bool, integer: bool = 
     return check(value)
 
 
+def _presets(targets: _Reader, space: Space) -> tuple[str, ...] | None:
+    names = targets.get("presets", list)
+    if names is None:
+        return None
+    for name in names:
+        if name not in space.presets:
+            raise ExperimentError(f"targets.presets: {name!r} is not a preset of {space.name}; presets: "
+                                  f"{', '.join(space.presets) or '(none)'}")
+    return tuple(names)
+
+
 def _targets(targets: _Reader) -> Setting:
     if "ratios" in targets.data and "macs" in targets.data:
         raise ExperimentError("targets: give ratios or macs, not both")
+    if "presets" in targets.data and "ratios" not in targets.data and "macs" not in targets.data:
+        return ("ratio", [])  # presets only
     if "macs" in targets.data:
         def check_macs(v: Any) -> int:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -334,7 +363,12 @@ def _objectives(search: _Reader) -> tuple[str, ...]:
 
 def _cross_checks(exp: Experiment) -> None:
     from prunenas.budget import cost_of
+    from prunenas.plan import target_choices
 
+    for method in exp.proposers:
+        if not target_choices(exp, method):
+            raise ExperimentError(f"proposers.{method}: no target to propose at ({method} has no presets); "
+                                  "give targets.ratios or targets.macs")
     if exp.sampler == "grid":
         for where, setting in _all_settings(exp):
             if isinstance(setting, Range):

@@ -17,12 +17,22 @@ from prunenas.proposers import PROPOSERS, Target
 
 
 def target_setting(exp: Experiment, method: str) -> Setting:
-    """Target choices of ``method``: the experiment's, plus the space's presets for methods that have them."""
+    """Target choices of ``method``: the experiment's, plus presets (``targets.presets``, by default all the
+    space's) for methods that have presets. A sampled range of targets does not mix with presets."""
     setting = exp.target[1]
-    if method != "direct" and PROPOSERS.get(method).presets and exp.space.presets and not isinstance(setting, Range):
+    presets = exp.space.presets if exp.presets is None else exp.presets
+    if method != "direct" and PROPOSERS.get(method).presets and presets and not isinstance(setting, Range):
         fixed = setting if isinstance(setting, list) else [setting]
-        return fixed + [f"preset:{name}" for name in exp.space.presets]
+        return fixed + [f"preset:{name}" for name in presets]
     return setting
+
+
+def target_choices(exp: Experiment, method: str) -> list[Any]:
+    """Every target value ``method`` may be asked for (a range: its ends)."""
+    setting = target_setting(exp, method)
+    if isinstance(setting, Range):
+        return [setting.low, setting.high]
+    return list(setting) if isinstance(setting, list) else [setting]
 
 
 def suggest(trial: Any, exp: Experiment) -> dict[str, Any]:
@@ -59,10 +69,10 @@ def _suggest(trial: Any, name: str, setting: Setting) -> Any:
     return setting
 
 
-def budget_value(exp: Experiment) -> float:
-    """The largest target (the search's cost budget)."""
-    setting = exp.target[1]
-    return setting.high if isinstance(setting, Range) else max(setting) if isinstance(setting, list) else setting
+def budget_value(exp: Experiment) -> Any:
+    """The most expensive target of any method (the search's cost budget)."""
+    methods = [m for m in exp.methods if m != "direct"] or ["direct"]
+    return max((t for m in methods for t in target_choices(exp, m)), key=lambda t: target_cost(exp, t))
 
 
 def budget_cost(exp: Experiment) -> float:

@@ -36,5 +36,10 @@ RECIPES: Registry[Recipe] = Registry("recipe")
 RECIPES.register("cifar-paper", Recipe(epochs=160, batch_size=64, lr=0.1, weight_decay=1e-4, milestones=(80, 120)))
 RECIPES.register("imagenet-paper", Recipe(epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, milestones=(30, 60)))
 RECIPES.register("cifar-finetune", Recipe(epochs=40, batch_size=64, lr=0.001, weight_decay=1e-4, schedule="constant"))
+RECIPES.register("imagenet-finetune", Recipe(epochs=20, batch_size=256, lr=0.001, weight_decay=1e-4,
+                                             schedule="constant"))
+# Soft Filter Pruning's CIFAR schedule (He et al. 2018): 200 epochs, Nesterov, wd 5e-4, lr x0.2 at 60/120/160
+RECIPES.register("sfp-cifar", Recipe(epochs=200, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4,
+                                     milestones=(60, 120, 160), gamma=0.2))
 RECIPES.register("fast", Recipe(epochs=8, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4,
                                 schedule="onecycle", label_smoothing=0.1))

@@ -139,7 +139,8 @@ def uniform_mask_twin(proposal: Proposal, base: BaseModel, folder: str | Path) -
 
 
 @register_proposer("magnitude", params={
-    "sparsity": Param(0.0, kind=float, help="fraction of conv weights removed when no cost target is given",
+    "sparsity": Param(0.0, kind=float, help="fraction of conv weights removed; > 0 takes precedence over the "
+                      "cost target",
                       low=0.0, high=0.999),
     "min_density": Param(0.01, kind=float, help="every layer keeps at least this fraction of its weights",
                          low=0.0, high=1.0),
@@ -149,7 +150,7 @@ def magnitude(space: Space, target: Target, provider: Any, params: Mapping[str, 
     if target.preset is not None or (not target.is_cost and params["sparsity"] <= 0):
         raise ProposerError("proposer 'magnitude' needs a cost target (ratio or MACs) or sparsity > 0")
     base = provider.get(None)
-    goal = target.absolute(space) if target.is_cost else None
+    goal = target.absolute(space) if target.is_cost and params["sparsity"] <= 0 else None
     masks, floored = global_threshold_masks(base.arch, base.architecture_state(), sparsity=params["sparsity"],
                                             target=goal, match=target.match, min_density=params["min_density"])
     arch = write_masks(base.arch, masks, artifact_dir(provider))

@@ -55,8 +55,8 @@ def slimming_spec(space: Space, target: Target, params: Mapping[str, Any]) -> Re
 @register_proposer("slimming", base_spec=slimming_spec, params={
     "s": Param(0.0, kind=float, help="L1 strength on BN scales; 0 = the seed's (1e-4 VGG, 1e-5 others)",
                low=0.0, high=1e-2),
-    "percent": Param(0.0, kind=float, help="prune this fraction of all channels (the seed's rule) when no cost "
-                     "target is given", low=0.0, high=0.99),
+    "percent": Param(0.0, kind=float, help="prune this fraction of all channels (the seed's rule); > 0 takes "
+                     "precedence over the cost target", low=0.0, high=0.99),
     "prune_tied": Param(False, kind=bool, help="also prune residual streams (the seed never did)"),
 })
 def slimming(space: Space, target: Target, provider: Any, params: Mapping[str, Any], seed: int) -> Proposal:
@@ -65,10 +65,10 @@ def slimming(space: Space, target: Target, provider: Any, params: Mapping[str, A
     base = provider.get(slimming_spec(space, target, params))
     scales = untied(base.arch, bn_scales_by_slot(base.arch, base.architecture_state()), params["prune_tied"])
     nonfinite_guard(scales, "BN scales")
-    if target.is_cost or target.preset is not None:
-        selection = select(space, scales, target, "slimming")
-    elif params["percent"] > 0:
+    if params["percent"] > 0:  # the method's own rate wins; a cost target then only bounds a search
         selection = select_fraction(space, scales, params["percent"])
+    elif target.is_cost or target.preset is not None:
+        selection = select(space, scales, target, "slimming")
     else:
         raise ProposerError("proposer 'slimming' needs a cost target or percent > 0 (e.g. 0.7 for VGG-19)")
     return to_proposal(space, "slimming", target, selection, base, params, seed, strength=s)

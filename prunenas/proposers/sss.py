@@ -184,7 +184,11 @@ def blocks_to_remove(space: Space, scales: Mapping[int, float], target: Target, 
     return removed
 
 
-@register_proposer("sss", params={
+def sss_spec(space: Space, target: Target, params: Mapping[str, Any]) -> RegularizerSpec:
+    return RegularizerSpec.of("sss", gamma=params["gamma"])
+
+
+@register_proposer("sss", base_spec=sss_spec, params={
     "gamma": Param(0.01, kind=float, help="L1 penalty on the block scale factors (proximal step lr x gamma)",
                    low=0.0, high=100.0, log=True),
     "threshold": Param(1e-3, kind=float, help="without a cost target, blocks with |factor| <= threshold go",
@@ -197,7 +201,7 @@ def sss(space: Space, target: Target, provider: Any, params: Mapping[str, Any], 
     if not removable_blocks(space.base):
         raise ProposerError(f"proposer 'sss' removes residual blocks; space {space.name!r} ({space.family}) has no "
                             "removable blocks")
-    base = provider.get(RegularizerSpec.of("sss", gamma=params["gamma"]))
+    base = provider.get(sss_spec(space, target, params))
     scales = block_scales(base.arch, base.trained_state)
     if not all(map(torch.isfinite, map(torch.tensor, scales.values()))):
         raise ProposerError("block scale factors are not finite: the base model diverged")
