@@ -132,10 +132,10 @@ def select_best(run: RunDir, metric: str = "val_acc", arm: str = "proposed", max
                   and (max_macs is None or row["macs"] <= max_macs)
                   and _finite(row.get(metric))]
     if not candidates:
-        where = ["status ok", f"arm {arm}" if arm != "any" else "any arm"]
+        where = ["status ok", f"arm {arm}" if arm != "any" else "any arm", f"a {metric}"]
         if max_macs is not None:
-            where.append(f"MACs <= {max_macs:,}")
-        raise PrunenasError(f"no trained network in {run.path} has a {metric} with {', '.join(where)}; "
+            where.append(f"MACs <= {max_macs}")
+        raise PrunenasError(f"no trained network in {run.path} matches ({', '.join(where)}); "
                             + _LIST_HINT.format(run=run.path))
     sign = -1 if SELECTION_METRICS[metric] else 1
     best = min(candidates, key=lambda r: (sign * r[metric], r["macs"], r["params"], r["key"]))
@@ -309,7 +309,8 @@ def default_name(trial: Trial, fmt: str) -> str:
 
 
 def output_path(trial: Trial, fmt: str, out: str | os.PathLike | None) -> Path:
-    """``out`` as given, inside ``out`` if it is a folder, or :func:`default_name` in the current folder."""
+    """``out`` (the format's suffix appended when it ends otherwise), :func:`default_name` inside ``out`` if it
+    is a folder (or ends with ``/``), or :func:`default_name` in the current folder."""
     if out is None:
         return Path(default_name(trial, fmt))
     path = Path(out)
@@ -318,7 +319,7 @@ def output_path(trial: Trial, fmt: str, out: str | os.PathLike | None) -> Path:
     if fmt != "json" and path.suffix == ".json":
         raise PrunenasError(f"--out {out}: a {fmt} export gets its architecture JSON beside it as "
                             f"{path.with_suffix('.json').name}; name the {fmt} file {path.stem}{SUFFIXES[fmt]}")
-    return path
+    return path if path.name.endswith(SUFFIXES[fmt]) else path.with_name(path.name + SUFFIXES[fmt])
 
 
 def export(trial: Trial, fmt: str, out: str | os.PathLike | None = None) -> Exported:
