@@ -432,8 +432,11 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise PrunenasError(f"{path} does not exist")
     suffix = path.suffix
     if suffix == ".json":
-        data = json.loads(path.read_text())
-        return dict(data.get("meta", {}))
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise PrunenasError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+        return dict(data.get("meta", {})) if isinstance(data, dict) else {}
     if suffix == ".safetensors":
         from safetensors import safe_open
 
