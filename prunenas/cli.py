@@ -13,6 +13,7 @@ from prunenas.arch import Architecture, load_architecture
 from prunenas.budget import scratch_epochs, target_from_ratio, uniform_twin
 from prunenas.cost import count, format_macs, thop_macs
 from prunenas.errors import PrunenasError
+from prunenas.export import FORMATS, SELECTION_METRICS
 from prunenas.recipes import RECIPES
 from prunenas.spaces import Space, load_space, space_names
 
@@ -151,6 +152,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", action="append", default=[], help="prune these entries (repeat)")
     p.add_argument("--all", action="store_true", help="prune every entry")
     p.set_defaults(run=cmd_cache)
+
+    p = sub.add_parser("export", help="write a trained network of a run: architecture JSON, weights, ONNX, pt2")
+    p.add_argument("run_dir", help="run folder (written by `prunenas search`)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--best", action="store_true",
+                       help="the best network by a validation metric (never test accuracy)")
+    which.add_argument("--trial", metavar="KEY", help="the network with this key (a unique prefix is enough)")
+    p.add_argument("--metric", choices=tuple(SELECTION_METRICS), help="--best ranks on this (default val_acc)")
+    p.add_argument("--arm", help="--best considers this arm only (default proposed; any: every arm)")
+    p.add_argument("--max-macs", type=int, help="--best considers networks with at most this many MACs")
+    p.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
+                   help="json: architecture; safetensors: weights (+ JSON); onnx; pt2: torch.export")
+    p.add_argument("--out", help="file to write (default RUNNAME-KEY.EXT in the current folder; a folder: inside)")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("arch", help="architectures discovered by runs")
+    arch_sub = p.add_subparsers(dest="arch_command", required=True, parser_class=_Parser)
+    p = arch_sub.add_parser("list", help="trained networks of run folders: key, method, arm, MACs, params, accuracy")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--space", help="only runs of this space (name or YAML)")
+    p.add_argument("--max-macs", type=int, help="at most this many MACs")
+    p.add_argument("--min-acc", type=float, help="validation accuracy at least this fraction (e.g. 0.9)")
+    p.add_argument("--arm", default="any", help="only this arm (default: any)")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(run=cmd_arch_list)
 
     p = sub.add_parser("resume", help="continue an interrupted run folder where it stopped")
     p.add_argument("run_dir")
@@ -368,6 +395,44 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run = resume(args.run_dir, address=args.address, dashboard=not args.no_dashboard)
     print(results_table(run))
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from prunenas.export import export, open_run, select_best, select_trial
+
+    run = open_run(args.run_dir)
+    if args.best:
+        trial = select_best(run, args.metric or "val_acc", args.arm or "proposed", args.max_macs)
+    else:
+        given = [flag for flag, value in (("--metric", args.metric), ("--arm", args.arm),
+                                          ("--max-macs", args.max_macs)) if value is not None]
+        if given:
+            raise PrunenasError(f"{', '.join(given)} select among networks with --best; --trial names one")
+        trial = select_trial(run, args.trial)
+    written = export(trial, args.fmt, args.out)
+    meta = written.meta
+    if args.json:
+        print(json.dumps({"files": [str(p) for p in written.files], "meta": meta}, indent=2))
+        return 0
+    print(f"{meta['run']} {meta['key']}: {meta['method']} ({meta['arm']}, {meta['budget']}, seed {meta['seed']}), "
+          f"MACs {format_macs(meta['macs'])}, params {meta['params']:,}, val {_pct(meta['val_acc'])}, "
+          f"test {_pct(meta['test_acc'])}")
+    for path in written.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_arch_list(args: argparse.Namespace) -> int:
+    from prunenas.export import format_architectures, list_architectures
+
+    rows = list_architectures(args.run_dirs, space=args.space, max_macs=args.max_macs, min_acc=args.min_acc,
+                              arm=args.arm)
+    print(json.dumps(rows, indent=2) if args.json else format_architectures(rows))
+    return 0
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 # -- helpers --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from prunenas.experiment import experiment_from_dict
+from prunenas.export import verify
 from prunenas.report import collect, results_table
 from prunenas.rundir import RunDir
 
@@ -43,6 +44,14 @@ def test_search_end_to_end(tmp_path):
         macs = {row["macs"] for arm in group.arms.values() for row in arm.values()}
         assert max(macs) / min(macs) < 1.05  # the twin has the proposal's MACs (the tiny net: within ~3%)
     assert "proposed − uniform" in results_table(RunDir(run))
+    # the run exports: arch list shows every trained network; --best takes the best validation accuracy
+    listed = cli("arch", "list", run, "--json")
+    assert listed.returncode == 0 and {r["key"] for r in json.loads(listed.stdout)} == keys
+    exported = cli("export", run, "--best", "--format", "onnx", "--out", tmp_path / "best.onnx")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    proposed = [r for r in rows if r["arm"] == "proposed"]
+    best = min(proposed, key=lambda r: (-r["val_acc"], r["macs"], r["params"], r["key"]))
+    assert verify(tmp_path / "best.onnx")["key"] == best["key"]
     # a second search into the same folder refuses and points to resume
     again = cli("search", write(tmp_path), "--out", run, "--no-dashboard")
     assert again.returncode == 2 and "prunenas resume" in again.stderr
