@@ -359,18 +359,7 @@ def _write_arch_json(arch: Architecture, path: Path, meta: Mapping[str, Any]) ->
 
 def _write(path: Path, data: bytes) -> None:
     """Atomic write with the permissions a plain ``open()`` would give (exports are meant to be shared)."""
-    atomic_write_bytes(path, data, mode=0o666 & ~_umask())
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (Linux ``/proc``; 022 elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
+    atomic_write_bytes(path, data)
 
 
 def _write_safetensors(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:

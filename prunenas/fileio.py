@@ -42,6 +42,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
 
 
 def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    """0666 minus the process umask, read without changing it (Linux ``/proc``; umask 022 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
