@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrunenasError as err:
         print(f"prunenas: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=("tpe", "nsga2", "random", "grid"))
     p.add_argument("--epochs", type=int, help="training epochs of every arm (overrides recipe.epochs)")
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray instance without its dashboard")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("report", help="tables, verdict, latency and plots of a run folder (finished or running)")
@@ -289,16 +294,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         num_samples=args.num_samples, concurrency=args.concurrency, sampler=args.sampler, epochs=args.epochs)
     if args.num_samples is not None and args.num_samples < 1:
         raise PrunenasError(f"--num-samples {args.num_samples} must be >= 1")
+    if args.dry_run:
+        from prunenas.data import planned_train_images
+        from prunenas.plan import estimate, format_estimate
+
+        plan = estimate(exp, planned_train_images(exp.dataset, exp.val_size, exp.subset))
+        print(json.dumps(plan, indent=2) if args.json else format_estimate(exp, plan))
+        return 0
     if args.out and Path(args.out, "run.json").exists():
         raise PrunenasError(f"{args.out} already holds a run; continue it with `prunenas resume {args.out}`")
+    from prunenas.report import results_table
     from prunenas.search import run_search
 
-    run = run_search(exp, args.out, address=args.address, dry_run=args.dry_run, cache_dir=args.cache_dir,
-                     dashboard=not args.no_dashboard)
-    if run is not None:
-        from prunenas.report import results_table
-
-        print(results_table(run))
+    run = run_search(exp, args.out, address=args.address, cache_dir=args.cache_dir, dashboard=not args.no_dashboard)
+    print(results_table(run))
     return 0
 
 

@@ -175,7 +175,7 @@ def load_data(
     if num_classes is not None and num_classes != raw.num_classes:
         raise DataError(f"dataset {name} has {raw.num_classes} classes, the space expects {num_classes}")
     if val_size is None:
-        val_size = min(5000, len(train_x) // 10)
+        val_size = default_val_size(len(train_x))
     if not 0 <= val_size < len(train_x):
         raise DataError(f"val_size {val_size} must be in [0, {len(train_x)})")
     order = np.random.default_rng(seed).permutation(len(train_x))
@@ -193,6 +193,25 @@ def load_data(
     return Data(name, split(train_x[train_idx], raw.train_labels[train_idx]),
                 split(train_x[val_idx], raw.train_labels[val_idx]), split(test_x, raw.test_labels),
                 raw.num_classes, tuple(input_shape))
+
+
+# Training-set sizes of the built-in datasets (for dry runs, which must not need the data).
+TRAIN_SIZES = {"fashion-mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000, "imagenet": 1281167,
+               "synthetic": 2048}
+
+
+def default_val_size(train_images: int, cap: int = 5000) -> int:
+    """Validation images carved by default: 10% of the training set, at most ``cap``."""
+    return min(cap, train_images // 10)
+
+
+def planned_train_images(name: str, val_size: int | None = None, subset: int | None = None) -> int:
+    """Training images a run of dataset ``name`` will use, without loading it (built-in datasets only)."""
+    if name not in TRAIN_SIZES:
+        raise DataError(f"dataset {name}: its size is unknown before loading it (built-in: {', '.join(TRAIN_SIZES)})")
+    total = TRAIN_SIZES[name]
+    carved = default_val_size(total, cap=10000 if name == "imagenet" else 5000) if val_size is None else val_size
+    return min(subset, total - carved) if subset else total - carved
 
 
 def fit_shape(images: np.ndarray, shape: tuple[int, int, int], name: str) -> np.ndarray:
@@ -453,7 +472,7 @@ def imagenet(*, root=None, input_shape=(3, 224, 224), seed=0, val_size=None, sub
     if train_aug.classes != test_view.classes:
         raise DataError(f"imagenet: {folder}/train and {folder}/val have different class folders")
     order = np.random.default_rng(seed).permutation(len(train_aug)).tolist()
-    val_size = min(10000, len(order) // 10) if val_size is None else val_size
+    val_size = default_val_size(len(order), cap=10000) if val_size is None else val_size
     if not 0 <= val_size < len(order):
         raise DataError(f"val_size {val_size} must be in [0, {len(order)})")
     val_idx, train_idx = order[:val_size], order[val_size:]

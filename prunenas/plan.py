@@ -159,9 +159,9 @@ def _default(method: str, key: str, setting: Setting) -> Any:
 
 
 def base_model_specs(exp: Experiment) -> list[tuple[str, Any]]:
-    """(method, RegularizerSpec) of the base models the enqueued points need, without duplicates."""
+    """(method, RegularizerSpec) of the base models the first points (enqueued, or the grid) need, once each."""
     out, seen = [], set()
-    for point in enqueued_points(exp):
+    for point in grid_points(exp) if exp.sampler == "grid" else enqueued_points(exp):
         method = point["method"]
         if not PROPOSERS.get(method).needs_base:
             continue
@@ -234,7 +234,7 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
                                                         for m, s in bases],
                         "epochs": base_epochs, "cost": len(bases) * base_macs * train_images * base_epochs},
         "search": {"trials": samples, "trainings": samples * len(exp.search_seeds), "epochs": epochs,
-                   "enqueued": len(enqueued_points(exp)),
+                   "enqueued": samples if exp.sampler == "grid" else len(enqueued_points(exp)),
                    "cost": samples * len(exp.search_seeds) * mean_macs * train_images * epochs},
         "evaluation": {"proposals": n_proposals, "trials": sum(e["trials"] for e in evaluations),
                        "arms": evaluations, "cost": sum(e["cost"] for e in evaluations)},

@@ -35,8 +35,6 @@ from prunenas.experiment import Experiment, experiment_from_dict
 from prunenas.plan import (
     base_model_specs,
     enqueued_points,
-    estimate,
-    format_estimate,
     grid_points,
     select_proposals,
     suggest,
@@ -50,11 +48,8 @@ STUDY = "search"
 
 
 def run_search(exp: Experiment, out: str | os.PathLike | None = None, *, address: str | None = None,
-               dry_run: bool = False, cache_dir: str | None = None, dashboard: bool = True) -> RunDir | None:
-    """Run a whole study into a new run folder (or print the plan with ``dry_run``)."""
-    if dry_run:
-        print(format_estimate(exp, estimate(exp, _train_images(exp))))
-        return None
+               cache_dir: str | None = None, dashboard: bool = True) -> RunDir:
+    """Run a whole study into a new run folder."""
     run = RunDir(out or Path(exp.storage) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     source = dict(exp.source, **({"address": address} if address else {}))
     run.create(exp.name, yaml.safe_dump(source, sort_keys=False))
@@ -119,16 +114,6 @@ def _absolute_paths(exp: Experiment) -> Experiment:
     if exp.data_root:
         return exp.with_overrides(data_root=str(Path(exp.data_root).resolve()))
     return exp
-
-
-def _train_images(exp: Experiment) -> int:
-    from prunenas.data import load_data
-
-    try:
-        return len(load_data(exp.dataset, exp.space.input_shape, exp.space.num_classes, val_size=exp.val_size,
-                             subset=exp.subset, root=exp.data_root).train)
-    except Exception:  # noqa: BLE001 - a dry run on a machine without the data still prints the plan
-        return exp.subset or 50000
 
 
 # -- Tune plumbing ----------------------------------------------------------------------------------------
