@@ -68,6 +68,7 @@ class Experiment:
     match: str = "macs"
     arms: tuple[str, ...] = ("proposed", "uniform")
     budgets: tuple[str, ...] = ("scratch-e",)
+    budget_targets: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # budget -> the only targets
     search_seeds: tuple[int, ...] = (0,)
     eval_seeds: tuple[int, ...] = (0,)
     recipe: str = "fast"
@@ -149,7 +150,8 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
         presets=_presets(targets, space),
         match=targets.choice("match", ("macs", "params"), default="macs"),
         arms=tuple(root.choices("arms", ARMS, default=["proposed", "uniform"])),
-        budgets=tuple(root.choices("budgets", BUDGETS, default=["scratch-e"])),
+        budgets=tuple(_budget_names(root)),
+        budget_targets=_budget_targets(root),
         search_seeds=tuple(seeds.int_list("search", default=[0])),
         eval_seeds=tuple(seeds.int_list("eval", default=[0])),
         recipe=_recipe(recipe.get("name", str, default=space.recipe), "recipe.name"),
@@ -311,6 +313,32 @@ def _setting(value: Any, where: str, check: Any, numeric: bool, integer: bool = 
             raise ExperimentError(f"{where}: range needs low < high (and low > 0 with log); got {value!r}")
         return Range(low, high, log, integer)
     return check(value)
+
+
+def _budget_items(root: _Reader) -> list[tuple[str, tuple[Any, ...] | None]]:
+    """``budgets``: names, or ``{name: scratch-b, targets: [...]}`` to train a budget at some targets only."""
+    items = root.get("budgets", list, default=["scratch-e"])
+    if not items:
+        raise ExperimentError(f"budgets: empty; choose from {{{', '.join(BUDGETS)}}}")
+    out = []
+    for item in items:
+        name, targets = (item, None) if not isinstance(item, dict) else (item.get("name"), item.get("targets"))
+        if isinstance(item, dict):
+            _Reader(item, "budgets[].").only({"name", "targets"})
+            if not isinstance(targets, list) or not targets:
+                raise ExperimentError(f"budgets: {item!r}: targets must be a non-empty list of target values")
+        if name not in BUDGETS:
+            raise ExperimentError(f"budgets: {name!r} not in {{{', '.join(BUDGETS)}}}")
+        out.append((name, None if targets is None else tuple(targets)))
+    return out
+
+
+def _budget_names(root: _Reader) -> list[str]:
+    return [name for name, _ in _budget_items(root)]
+
+
+def _budget_targets(root: _Reader) -> dict[str, tuple[Any, ...]]:
+    return {name: targets for name, targets in _budget_items(root) if targets is not None}
 
 
 def _presets(targets: _Reader, space: Space) -> tuple[str, ...] | None:

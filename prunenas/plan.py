@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prunenas.budget import cost_of
@@ -216,8 +216,11 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
     mean_macs = sum(targets) / len(targets)
     per_budget = {}
     for budget in exp.budgets:
-        per_budget[budget] = sorted({scratch_epochs(budget, epochs, base_macs, int(t), exp.space.scratch_b_cap).epochs
-                                     for t in targets})
+        only = exp.budget_targets.get(budget)
+        per_budget[budget] = sorted({scratch_epochs(budget, epochs, base_macs, int(_target_macs(exp, t)),
+                                                    exp.space.scratch_b_cap).epochs
+                                     for m in exp.proposers for t in _choices(target_setting(exp, m))
+                                     if only is None or t in only})
     n_proposals = samples if exp.select != "top-k" else min(samples, exp.top_k)
     evaluations = []
     for arm in exp.arms:
@@ -226,7 +229,8 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
             epoch_list = [exp.finetune_epochs or RECIPES.get(exp.finetune_recipe).epochs] if budget == "finetune" \
                 else per_budget[budget]
             mean_epochs = sum(epoch_list) / len(epoch_list)
-            n = n_proposals * len(exp.eval_seeds)
+            share = 1.0 if budget not in exp.budget_targets else _share(exp, exp.budget_targets[budget])
+            n = round(n_proposals * share) * len(exp.eval_seeds)
             evaluations.append({"arm": arm, "budget": budget, "trials": n, "epochs": epoch_list,
                                 "cost": n * mean_macs * train_images * mean_epochs})
     phases = {
@@ -241,6 +245,12 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
     }
     phases["total_cost"] = sum(p["cost"] for p in phases.values() if isinstance(p, dict))
     return phases
+
+
+def _share(exp: Experiment, only: Sequence[Any]) -> float:
+    """Fraction of the target choices (over all methods) that a restricted budget trains."""
+    choices = [t for m in exp.proposers for t in _choices(target_setting(exp, m))]
+    return sum(t in only for t in choices) / len(choices)
 
 
 def _target_macs(exp: Experiment, target: Any) -> float:

@@ -254,11 +254,21 @@ def plan_arms(ctx: Context, proposal: Proposal, pid: str, lr: float | None = Non
     for arm in e.arms:
         if arm in ("finetune", "lottery") and proposal.kept is None and proposal.arch.masks is None:
             continue  # nothing to inherit (uniform/random/direct proposals)
-        budgets = ("finetune",) if arm == "finetune" else e.budgets
+        budgets = ("finetune",) if arm == "finetune" else [b for b in e.budgets if applies(e, b, proposal)]
         for seed in e.eval_seeds:
             arch = _arm_arch(ctx, proposal, arm, seed)
             out += [Training(arch, arm, budget, seed, lr, pid, proposal.method) for budget in budgets]
     return out
+
+
+def applies(experiment: Experiment, budget: str, proposal: Proposal) -> bool:
+    """Whether ``budget`` is trained for ``proposal`` (``budgets: [{name, targets}]`` restricts it)."""
+    only = experiment.budget_targets.get(budget)
+    if only is None:
+        return True
+    target = proposal.target
+    value = f"preset:{target.preset}" if target.preset else target.ratio if target.ratio is not None else target.cost
+    return value in only
 
 
 def _arm_arch(ctx: Context, proposal: Proposal, arm: str, seed: int) -> Architecture:
