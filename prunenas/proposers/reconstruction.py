@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -397,3 +398,14 @@ def check_grams(grams: Mapping[int, Tensor]) -> None:
         if not torch.isfinite(gram).all():
             raise ProposerError(f"activations reaching the consumers of slot {slot} are not finite: the base "
                                 "model diverged")
+
+
+def calibrated_grams(provider: Any, params: Mapping[str, Any], seed: int) -> tuple[Any, dict[int, Tensor], int]:
+    """The plain base model, the Gram matrix of every prunable slot on sampled training images, and how many
+    images were used (ThiNet's and the regression's shared first step)."""
+    base = provider.get(None)
+    slots = prunable_slots(base.arch, params["prune_tied"])
+    batches = calibration_images(provider.data().train, params["images"], seed)
+    grams = contribution_grams(base.model(), base.arch, batches, slots, params["locations"], seed)
+    check_grams(grams)
+    return base, grams, sum(len(b) for b in batches)

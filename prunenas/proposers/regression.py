@@ -36,14 +36,7 @@ import torch
 from torch import Tensor
 
 from prunenas.proposers.proposal import Proposal, Target
-from prunenas.proposers.reconstruction import (
-    calibration_images,
-    check_grams,
-    contribution_grams,
-    curve_scores,
-    prunable_slots,
-    rescaled_curve,
-)
+from prunenas.proposers.reconstruction import calibrated_grams, curve_scores, rescaled_curve
 from prunenas.proposers.registry import register_proposer
 from prunenas.proposers.scoring import select, to_proposal
 from prunenas.proposers.thinet import SAMPLING_PARAMS, layer_errors
@@ -167,11 +160,7 @@ def regression_scores(gram: Tensor) -> tuple[Tensor, list[int], Tensor]:
 @register_proposer("regression", presets=True, params=dict(SAMPLING_PARAMS))
 def regression(space: Space, target: Target, provider: Any, params: Mapping[str, Any], seed: int) -> Proposal:
     """LASSO channel selection and least-squares reconstruction of the next layer (He et al. 2017)."""
-    base = provider.get(None)
-    slots = prunable_slots(base.arch, params["prune_tied"])
-    batches = calibration_images(provider.data().train, params["images"], seed)
-    grams = contribution_grams(base.model(), base.arch, batches, slots, params["locations"], seed)
-    check_grams(grams)
+    base, grams, images = calibrated_grams(provider, params, seed)
     scores, curves = {}, {}
     preset = space.preset(target.preset).widths if target.preset is not None else None
     for slot, gram in grams.items():
@@ -180,6 +169,5 @@ def regression(space: Space, target: Target, provider: Any, params: Mapping[str,
             support, _ = lasso_support(gram, preset[slot])
             scores[slot][support] += 2.0
     selection = select(space, scores, target, "regression")
-    return to_proposal(space, "regression", target, selection, base, params, seed,
-                       calibration_images=sum(len(b) for b in batches),
+    return to_proposal(space, "regression", target, selection, base, params, seed, calibration_images=images,
                        reconstruction_error=layer_errors(space, curves, selection.widths))

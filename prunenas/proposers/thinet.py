@@ -30,15 +30,7 @@ import torch
 from torch import Tensor
 
 from prunenas.proposers.proposal import Proposal, Target
-from prunenas.proposers.reconstruction import (
-    calibration_images,
-    check_grams,
-    contribution_grams,
-    curve_scores,
-    prunable_slots,
-    removal_curve,
-    rescaled_curve,
-)
+from prunenas.proposers.reconstruction import calibrated_grams, curve_scores, removal_curve, rescaled_curve
 from prunenas.proposers.registry import Param, register_proposer
 from prunenas.proposers.scoring import select, to_proposal
 from prunenas.spaces import Space
@@ -103,15 +95,10 @@ def layer_errors(space: Space, curves: Mapping[int, Tensor], widths: tuple[int, 
 })
 def thinet(space: Space, target: Target, provider: Any, params: Mapping[str, Any], seed: int) -> Proposal:
     """Greedy channel selection minimising the next layer's reconstruction error (Luo et al. 2017)."""
-    base = provider.get(None)
-    slots = prunable_slots(base.arch, params["prune_tied"])
-    batches = calibration_images(provider.data().train, params["images"], seed)
-    grams = contribution_grams(base.model(), base.arch, batches, slots, params["locations"], seed)
-    check_grams(grams)
+    base, grams, images = calibrated_grams(provider, params, seed)
     scores, curves = {}, {}
     for slot, gram in grams.items():
         scores[slot], _, curves[slot] = thinet_scores(gram, params["rescale"])
     selection = select(space, scores, target, "thinet")
-    return to_proposal(space, "thinet", target, selection, base, params, seed,
-                       calibration_images=sum(len(b) for b in batches),
+    return to_proposal(space, "thinet", target, selection, base, params, seed, calibration_images=images,
                        reconstruction_error=layer_errors(space, curves, selection.widths))
