@@ -64,10 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an architecture from scratch; writes result.json and weights")
     p.add_argument("target", help="space name, space YAML or architecture JSON")
     p.add_argument("--preset", help="a named architecture of the space")
-    p.add_argument("--data", help="dataset (default: the space's); required for architecture files")
-    p.add_argument("--data-root", help="folder holding the dataset files (also $PRUNENAS_DATA)")
-    p.add_argument("--val-size", type=int, help="validation images carved from the training set")
-    p.add_argument("--subset", type=int, help="train on this many images only")
+    _data_arguments(p)
     p.add_argument("--recipe", help="training recipe (default: the space's): " + ", ".join(RECIPES.names()))
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="epochs (milestones scale with them)")
@@ -97,10 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeat)")
     p.add_argument("--seed", type=int, default=0, help="proposer seed (random choices)")
     p.add_argument("--base-seed", type=int, default=0, help="seed of the base model's training")
-    p.add_argument("--data", help="dataset (default: the space's)")
-    p.add_argument("--data-root", help="folder holding the dataset files")
-    p.add_argument("--val-size", type=int)
-    p.add_argument("--subset", type=int)
+    _data_arguments(p)
     p.add_argument("--recipe", help="base model's recipe (default: the space's)")
     p.add_argument("--base-epochs", type=int, help="base model's epochs (default: the recipe's)")
     p.add_argument("--cache-dir", help="base-model cache folder (default $PRUNENAS_CACHE or ~/.cache/prunenas)")
@@ -190,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dashboard", action="store_true")
     p.set_defaults(run=cmd_resume)
     return parser
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset (default: the space's); required for architecture files")
+    p.add_argument("--data-root", help="folder holding the dataset files (also $PRUNENAS_DATA)")
+    p.add_argument("--val-size", type=int, help="validation images carved from the training set")
+    p.add_argument("--subset", type=int, help="train on this many images only")
 
 
 # -- commands -------------------------------------------------------------------------------------------
