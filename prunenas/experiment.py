@@ -8,6 +8,7 @@ targets and the learning rate) are either a fixed value, a list (choices sampled
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,9 @@ SAMPLERS = ("tpe", "nsga2", "random", "grid")
 SELECTIONS = ("all", "top-k", "pareto")
 OBJECTIVES = (("val_acc",), ("val_acc", "macs"))
 SCHEDULERS = ("none", "asha")
+# Experiment fields that command-line flags override -> their place in the YAML (section, key).
+OVERRIDE_KEYS = {"num_samples": ("search", "num_samples"), "concurrency": (None, "concurrency"),
+                 "sampler": ("search", "sampler"), "epochs": ("recipe", "epochs"), "data_root": ("data", "root")}
 TOP_KEYS = {"name", "space", "data", "base", "proposers", "targets", "arms", "budgets", "seeds", "recipe",
             "finetune", "search", "scheduler", "resources", "concurrency", "storage", "address", "max_failures",
             "description", "expected"}
@@ -98,8 +102,17 @@ class Experiment:
         return list(self.proposers) + (["direct"] if self.direct else [])
 
     def with_overrides(self, **changes: Any) -> Experiment:
-        """CLI flags override the file (``None`` values are ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """CLI flags override the file (``None`` values are ignored); the overrides are kept in ``source`` too, so
+        a run folder's ``experiment.yaml`` (what ``resume`` reads) says what really ran."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        source = json.loads(json.dumps(self.source))
+        for key, value in changes.items():
+            section, name = OVERRIDE_KEYS[key]
+            if section:
+                source.setdefault(section, {})[name] = value
+            else:
+                source[name] = value
+        return replace(self, **changes, source=source)
 
 
 def load_experiment(path: str | os.PathLike) -> Experiment:
