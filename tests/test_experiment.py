@@ -1,0 +1,53 @@
+import pytest
+
+from prunenas.experiment import ExperimentError, experiment_from_dict, load_experiment
+from prunenas.plan import enqueued_points, grid_points, select_proposals, target_setting
+
+BASE = {"space": "resnet56-cifar10", "proposers": {"l1-norm": {}, "uniform": {}}, "targets": {"ratios": [0.5]}}
+
+
+def test_overrides_are_kept_in_the_source_that_resume_reads():
+    exp = load_experiment("experiments/quickstart.yaml").with_overrides(num_samples=9, epochs=1, sampler=None)
+    again = experiment_from_dict(exp.source)
+    assert (again.num_samples, again.epochs, again.sampler) == (9, 1, "tpe")
+
+
+def test_presets_join_the_targets_of_methods_that_have_presets():
+    exp = experiment_from_dict(BASE)
+    assert target_setting(exp, "l1-norm") == [0.5, "preset:A", "preset:B"]
+    assert target_setting(exp, "uniform") == [0.5]
+    only = experiment_from_dict({**BASE, "proposers": {"l1-norm": {}}, "targets": {"presets": ["B"]}})
+    assert target_setting(only, "l1-norm") == ["preset:B"]
+    with pytest.raises(ExperimentError, match="proposers.uniform: no target to propose at"):
+        experiment_from_dict({**BASE, "targets": {"presets": ["B"]}})
+    with pytest.raises(ExperimentError, match="targets.presets: 'C' is not a preset of resnet56-cifar10"):
+        experiment_from_dict({**BASE, "targets": {"presets": ["C"]}})
+
+
+def test_enqueued_and_grid_points():
+    exp = experiment_from_dict({**BASE, "proposers": {"l1-norm": {"normalization": ["max", "mean"]}}})
+    assert enqueued_points(exp) == [{"method": "l1-norm", "l1-norm/normalization": "mean", "l1-norm/target": t}
+                                    for t in (0.5, "preset:A", "preset:B")]
+    assert len(grid_points(exp)) == 2 * 3
+
+
+def test_budget_restricted_to_some_targets():
+    exp = experiment_from_dict({**BASE, "targets": {"ratios": [0.3, 0.6]},
+                                "budgets": ["scratch-e", {"name": "scratch-b", "targets": [0.6]}]})
+    assert exp.budgets == ("scratch-e", "scratch-b") and exp.budget_targets == {"scratch-b": (0.6,)}
+    with pytest.raises(ExperimentError, match="budgets: 'scratch-c' not in"):
+        experiment_from_dict({**BASE, "budgets": [{"name": "scratch-c", "targets": [0.5]}]})
+
+
+def test_selection_all_top_k_and_pareto():
+    scores = {"a": (0.90, 100), "b": (0.92, 200), "c": (0.88, 50), "d": (0.91, 300)}
+    exp = experiment_from_dict(BASE)
+    assert select_proposals(exp, scores) == ["b", "d", "a", "c"]
+    assert select_proposals(experiment_from_dict({**BASE, "search": {"select": "top-k", "top_k": 2}}), scores) == [
+        "b", "d"]
+    assert select_proposals(experiment_from_dict({**BASE, "search": {"select": "pareto"}}), scores) == ["b", "a", "c"]
+
+
+def test_expected_values_need_a_tag():
+    with pytest.raises(ExperimentError, match="expected.rows\\[0\\].tag: 'maybe' not in"):
+        experiment_from_dict({**BASE, "expected": {"rows": [{"target": 0.5, "value": "93", "tag": "maybe"}]}})
