@@ -41,8 +41,9 @@ from prunenas.plan import (
     target_object,
 )
 from prunenas.proposers import load_proposal
+from prunenas.results import FINAL
 from prunenas.rundir import RunDir
-from prunenas.trials import Context, Training, make_proposal, plan_arms, proposal_id, run_training
+from prunenas.trials import Context, Training, make_proposal, plan_arms, proposal_id, run_training, training_key
 
 STUDY = "search"
 
@@ -319,21 +320,24 @@ def _phase_evaluate(ctx: Context) -> int:
     for pid in chosen:
         proposal = load_proposal(ctx.run.proposal_path(pid))
         for training in plan_arms(ctx, proposal, pid, lrs[pid]):
-            from prunenas.trials import training_key
-
             key = training_key(ctx, training)
             plan.setdefault(pid, []).append({"arm": training.arm, "budget": training.budget,
                                              "seed": training.seed, "key": key})
             trainings[key] = training
     ctx.run.write_json("plan.json", {"selected": chosen, "select": exp.select, "proposals": plan})
-    todo = [k for k in trainings if ctx.run.results.final(k) is None]
+    todo = _without_final_rows(ctx, trainings)
     print(f"phase 2: evaluation of {len(chosen)} proposal(s): {len(trainings)} training(s), {len(todo)} to run")
     if todo:
         grid = [trainings[k].to_dict() for k in todo]
         results = _tuner(ctx, _evaluation_trial, _attempt_name(ctx, "eval"),
                          {"training": tune.grid_search(grid)}).fit()
         _raise_if_all_failed(results, "phase 2 (evaluation)")
-    return sum(ctx.run.results.final(k) is None for k in trainings)
+    return len(_without_final_rows(ctx, trainings))
+
+
+def _without_final_rows(ctx: Context, keys: Any) -> list[str]:
+    latest = ctx.run.results.latest()
+    return [k for k in keys if latest.get(k, {}).get("status") not in FINAL]
 
 
 def _evaluation_trial(config: dict, ctx: Context) -> None:
