@@ -89,7 +89,7 @@ class Experiment:
     enqueue: bool = True
     scheduler: str = "none"
     cpu: float = 1.0
-    gpu: float = 0.0
+    gpu: float | None = None  # None: one GPU per trial when the cluster has GPUs, else none
     concurrency: int | None = None
     storage: str = "runs"
     address: str | None = None
@@ -181,7 +181,7 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
         enqueue=search.get("enqueue", bool, default=True),
         scheduler=root.choice("scheduler", SCHEDULERS, default="none"),
         cpu=resources.get("cpu", (int, float), default=1.0, minimum=0.01),
-        gpu=resources.get("gpu", (int, float), default=0.0, minimum=0.0),
+        gpu=resources.get("gpu", (int, float), default=None, minimum=0.0),
         concurrency=root.get("concurrency", int, minimum=1),
         storage=root.get("storage", str, default="runs"),
         address=root.get("address", str),

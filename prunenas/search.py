@@ -122,7 +122,8 @@ def _absolute_paths(exp: Experiment) -> Experiment:
 
 def _tuner(ctx: Context, trainable: Any, name: str, param_space: dict, **tune_config: Any) -> tune.Tuner:
     exp = ctx.experiment
-    resources = {"cpu": exp.cpu, "gpu": exp.gpu}
+    gpu = exp.gpu if exp.gpu is not None else (1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0)
+    resources = {"cpu": exp.cpu, "gpu": gpu}
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), resources)
     run_config = tune.RunConfig(name=name, storage_path=str(ctx.run.tune_dir), verbose=1,
                                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
