@@ -9,15 +9,9 @@ import sys
 import pytest
 import torch
 
-from prunenas.data import load_data
-from prunenas.proposers import Target, propose
-from prunenas.proposers.basemodel import StaticProvider, base_model_from
 from prunenas.proposers.reconstruction import (
     _Term,
-    calibration_images,
-    contribution_grams,
     least_squares_weights,
-    prunable_slots,
 )
 from prunenas.proposers.regression import (
     lasso,
@@ -26,9 +20,8 @@ from prunenas.proposers.regression import (
     lasso_support,
     soft_threshold,
 )
-from prunenas.spaces import load_space
 
-from .test_thinet import held_out_error, pruned_network_quality, real_grams
+from .test_thinet import held_out_error, preset_proposal_with_grams, pruned_network_quality, real_grams
 
 TRUE_SUPPORT = [1, 4, 6, 9]
 
@@ -132,15 +125,7 @@ def test_least_squares_weights_bring_the_pruned_network_back_towards_the_base(fa
 
 
 def test_regression_preset_keeps_the_lasso_support_at_each_width():
-    space = load_space("resnet56-cifar10")
-    torch.manual_seed(0)
-    base = base_model_from(space.base.build(), space.base)
-    data = load_data("synthetic", space.input_shape, space.num_classes, val_size=16, subset=32)
-    proposal = propose("regression", space, Target(preset="A"), StaticProvider(space, {None: base}, data),
-                       {"images": 32, "locations": 4})
-    assert proposal.arch.widths == space.preset("A").widths
-    slots = prunable_slots(space.base, False)
-    grams = contribution_grams(base.model(), space.base, calibration_images(data.train, 32, 0), slots, 4, 0)
+    space, proposal, slots, grams = preset_proposal_with_grams("regression", "A")
     changed = [s for s in slots if proposal.arch.widths[s] < space.upper[s]]
     assert changed
     for slot in changed[::4]:

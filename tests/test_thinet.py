@@ -205,16 +205,22 @@ def test_planted_silent_channels_are_removed(method):
     assert max(proposal.provenance["reconstruction_error"].values()) < 1e-3
 
 
-def test_thinet_preset_keeps_the_channels_the_greedy_removes_last():
+def preset_proposal_with_grams(method, preset):
+    """``method`` at a ResNet-56 preset on a random-init base, with the Gram matrices it was computed from."""
     space = load_space("resnet56-cifar10")
     torch.manual_seed(0)
     base = base_model_from(space.base.build(), space.base)
     data = load_data("synthetic", space.input_shape, space.num_classes, val_size=16, subset=32)
-    proposal = propose("thinet", space, Target(preset="B"), StaticProvider(space, {None: base}, data),
+    proposal = propose(method, space, Target(preset=preset), StaticProvider(space, {None: base}, data),
                        {"images": 32, "locations": 4})
-    assert proposal.arch.widths == space.preset("B").widths
+    assert proposal.arch.widths == space.preset(preset).widths
     slots = prunable_slots(space.base, False)
     grams = contribution_grams(base.model(), space.base, calibration_images(data.train, 32, 0), slots, 4, 0)
+    return space, proposal, slots, grams
+
+
+def test_thinet_preset_keeps_the_channels_the_greedy_removes_last():
+    _, proposal, slots, grams = preset_proposal_with_grams("thinet", "B")
     for slot in slots:
         order, _ = greedy_removal_order(grams[slot])
         width = proposal.arch.widths[slot]
