@@ -14,7 +14,7 @@ from prunenas.errors import BudgetError
 from prunenas.proposers import PROPOSERS, ProposerError, Target, propose
 from prunenas.proposers.basemodel import BaseModelProvider, RegularizerSpec, StaticProvider, base_model_from
 from prunenas.proposers.magnitude import uniform_mask_twin
-from prunenas.proposers.sfp import SoftFilterPruning
+from prunenas.proposers.sfp import SoftFilterPruning, sfp_selection
 from prunenas.proposers.slimming import BatchNormL1
 from prunenas.spaces import load_space
 
@@ -179,6 +179,36 @@ def test_sfp_zeroes_planted_weak_filters_each_epoch_and_they_may_recover():
     assert (weight[PLANTED[0]] != 0).all()
 
 
+def test_sfp_resets_the_running_mean_of_zeroed_channels_so_evaluation_matches_training():
+    model = planted_model("filters")
+    with torch.no_grad():
+        for name in BNS.values():
+            bn = model.get_submodule(name)
+            bn.running_mean.copy_(torch.linspace(1, 2, len(bn.running_mean)))
+            bn.bias.copy_(torch.linspace(-1, 1, len(bn.bias)))
+    SoftFilterPruning(TINY, keep=0.0, target=planted_target(), prune_tied=False).end_epoch(model, 0)
+    for slot, weak in PLANTED.items():
+        mean = model.get_submodule(BNS[slot]).running_mean
+        kept = sorted(set(range(len(mean))) - set(weak))
+        assert (mean[weak] == 0).all() and torch.equal(mean[kept], torch.linspace(1, 2, len(mean))[kept])
+    conv, bn = model.get_submodule("stem.0"), model.get_submodule("stem.1")
+    x = torch.randn(8, *TINY.input_shape)
+    with torch.no_grad():
+        evaluated = bn.eval()(conv(x))[:, PLANTED[0]]
+        trained = bn.train()(conv(x))[:, PLANTED[0]]
+    shift = bn.bias[PLANTED[0]].view(1, -1, 1, 1).expand_as(evaluated)
+    assert torch.allclose(evaluated, shift) and torch.allclose(trained, shift)
+
+
+def test_sfp_normalises_per_layer_by_the_mean_by_default():
+    model = planted_model("filters")
+    target = planted_target()
+    state = model.state_dict()
+    by_default = sfp_selection(TINY, state, 0.0, target, False)
+    assert by_default.kept == sfp_selection(TINY, state, 0.0, target, False, "mean").kept
+    assert PROPOSERS.get("sfp").check_params({})["normalization"] == "mean"
+
+
 def test_sfp_uniform_mode_keeps_the_same_fraction_per_layer():
     model = planted_model("filters")
     SoftFilterPruning(TINY, keep=0.75, target=Target(), prune_tied=False).end_epoch(model, 0)
@@ -191,7 +221,8 @@ def test_sfp_proposal_reads_the_zeroed_filters():
     model = planted_model("filters")
     target = planted_target()
     SoftFilterPruning(TINY, keep=0.0, target=target, prune_tied=False).end_epoch(model, 0)
-    spec = RegularizerSpec.of("sfp", keep=0.0, prune_tied=False, target=tuple(sorted(target.to_dict().items())))
+    spec = RegularizerSpec.of("sfp", keep=0.0, prune_tied=False, target=tuple(sorted(target.to_dict().items())),
+                              normalization="mean")
     proposal = propose("sfp", TINY, target, StaticProvider(TINY, {spec: base_model_from(model, TINY.base)}))
     assert_planted_removed(proposal)
 
