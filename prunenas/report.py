@@ -230,14 +230,17 @@ def markdown_latency(records: Sequence[Mapping[str, Any]], batches: Sequence[int
 
 
 def plot_accuracy_vs_macs(groups: Sequence[Group], path: Path, metric: str = "test_acc") -> list[Path]:
-    """Accuracy vs MACs: one marker series per method, the uniform twins as a curve, the Pareto front."""
+    """Accuracy vs MACs: one marker series per method, the uniform twins as a curve (dense and masked twins
+    apart: they are different networks at the same MACs), the Pareto front."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     budget = _main_budget(groups)
-    uniform = sorted({(g.row("uniform")["macs"], _mean(g.values("uniform", budget, metric)))
-                      for g in groups if g.row("uniform") and g.values("uniform", budget, metric)})
-    if uniform:
-        ax.plot([m / 1e6 for m, _ in uniform], [100 * a for _, a in uniform], "k--o", ms=4, label="uniform twin")
+    for masked, style, label in ((False, "k--o", "uniform twin"), (True, "k:s", "uniform-sparsity twin (masked)")):
+        twins = sorted({(g.row("uniform")["macs"], _mean(g.values("uniform", budget, metric))) for g in groups
+                        if g.row("uniform") and g.values("uniform", budget, metric)
+                        and ("masks" in g.row("uniform")["arch"]) == masked})
+        if twins:
+            ax.plot([m / 1e6 for m, _ in twins], [100 * a for _, a in twins], style, ms=4, label=label)
     points = []
     for method in sorted({g.method for g in groups}):
         xs, ys, es = [], [], []

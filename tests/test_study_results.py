@@ -7,6 +7,7 @@ report that is committed next to it.
 import shutil
 from pathlib import Path
 
+from prunenas import report
 from prunenas.report import collect, write_report
 from prunenas.rundir import RunDir
 from prunenas.status import run_status
@@ -39,3 +40,15 @@ def test_the_committed_report_is_what_prunenas_report_writes_today(tmp_path):
                                         "widths.png", "widths.svg"]
     for name in written["files"]:  # byte for byte, plots included (same matplotlib as the committed ones)
         assert (tmp_path / "again" / name).read_bytes() == (STUDY / "report" / name).read_bytes(), name
+
+
+def test_masked_twins_are_drawn_apart_from_dense_twins(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or [])
+    groups = collect(RunDir(STUDY))
+    report.plot_accuracy_vs_macs(groups, tmp_path / "plot")
+    lines = {line.get_label(): line for line in figures[0].axes[0].get_lines()}
+    masked = {g.row("uniform")["macs"] for g in groups if g.method == "magnitude"}
+    dense = {g.row("uniform")["macs"] for g in groups if g.method != "magnitude"}
+    assert sorted(lines["uniform-sparsity twin (masked)"].get_xdata()) == sorted(m / 1e6 for m in masked)
+    assert sorted(lines["uniform twin"].get_xdata()) == sorted(m / 1e6 for m in dense)
