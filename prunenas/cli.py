@@ -16,6 +16,7 @@ from prunenas.cost import count, format_macs, thop_macs
 from prunenas.errors import PrunenasError
 from prunenas.export import FORMATS, SELECTION_METRICS
 from prunenas.recipes import RECIPES
+from prunenas.results import format_percent
 from prunenas.spaces import Space, load_space, space_names
 
 
@@ -424,9 +425,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"files": [str(p) for p in written.files], "meta": meta}, indent=2))
         return 0
+    val, test = (format_percent(meta[k], suffix="%") for k in ("val_acc", "test_acc"))
     print(f"{meta['run']} {meta['key']}: {meta['method']} ({meta['arm']}, {meta['budget']}, seed {meta['seed']}), "
-          f"MACs {format_macs(meta['macs'])}, params {meta['params']:,}, val {_pct(meta['val_acc'])}, "
-          f"test {_pct(meta['test_acc'])}")
+          f"MACs {format_macs(meta['macs'])}, params {meta['params']:,}, val {val}, test {test}")
     for path in written.files:
         print(f"wrote {path}")
     return 0
@@ -439,10 +440,6 @@ def cmd_arch_list(args: argparse.Namespace) -> int:
                               arm=args.arm)
     print(json.dumps(rows, indent=2) if args.json else format_architectures(rows))
     return 0
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 # -- helpers --------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from prunenas.arch import Architecture, from_dict, load_architecture
 from prunenas.errors import PrunenasError
 from prunenas.experiment import ARMS
 from prunenas.fileio import atomic_write_bytes, file_sha256
+from prunenas.results import finite_number, format_percent
 from prunenas.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def select_best(run: RunDir, metric: str = "val_acc", arm: str = "proposed", max
     candidates = [row for row in trained_rows(run)
                   if (arm == "any" or row.get("arm") == arm)
                   and (max_macs is None or row["macs"] <= max_macs)
-                  and _finite(row.get(metric))]
+                  and finite_number(row.get(metric))]
     if not candidates:
         where = ["status ok", f"arm {arm}" if arm != "any" else "any arm", f"a {metric}"]
         if max_macs is not None:
@@ -161,10 +162,6 @@ def select_trial(run: RunDir, key: str) -> Trial:
 def _check_arm(arm: str) -> None:
     if arm != "any" and arm not in ARMS:
         raise PrunenasError(f"--arm {arm!r}: choose one of {', '.join(ARMS)} or any")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # -- metadata -------------------------------------------------------------------------------------------
@@ -350,23 +347,18 @@ def _write_arch_json(arch: Architecture, path: Path, meta: Mapping[str, Any]) ->
         source = Path(arch.masks.path)
         masks = path.parent / source.name
         if not masks.exists() or file_sha256(masks) != arch.masks.sha256:
-            _write(masks, source.read_bytes())
+            atomic_write_bytes(masks, source.read_bytes())
         data["masks"]["file"] = masks.name
     data["meta"] = dict(meta)
-    _write(path, (json.dumps(data, indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
     return masks
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Atomic write with the permissions a plain ``open()`` would give (exports are meant to be shared)."""
-    atomic_write_bytes(path, data)
 
 
 def _write_safetensors(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
     from safetensors.torch import save
 
     state = {k: v.contiguous() for k, v in trial.state().items()}
-    _write(path, save(state, metadata=encode_meta(meta)))
+    atomic_write_bytes(path, save(state, metadata=encode_meta(meta)))
 
 
 def example_input(arch: Architecture, batch: int = 2) -> torch.Tensor:
@@ -399,7 +391,7 @@ def _write_onnx(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
     onnx.helper.set_model_props(proto, encode_meta(meta))
     proto.doc_string = (f"prunenas {meta['method']} {meta['arm']} network {meta['key']} of run {meta['run']}: "
                         f"{meta['macs']:,} MACs, {meta['params']:,} params")
-    _write(path, proto.SerializeToString())
+    atomic_write_bytes(path, proto.SerializeToString())
 
 
 def _write_pt2(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
@@ -408,7 +400,7 @@ def _write_pt2(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
     program = exported_program(trial.model(), trial.arch)
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={PT2_META: json.dumps(meta, sort_keys=True)})
-    _write(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 # -- reading exports back -------------------------------------------------------------------------------
@@ -508,8 +500,8 @@ def list_architectures(run_dirs: Sequence[str | os.PathLike], space: str | None 
         rows = [row for row in trained_rows(run)
                 if (arm == "any" or row.get("arm") == arm)
                 and (max_macs is None or row["macs"] <= max_macs)
-                and (min_acc is None or (_finite(row.get("val_acc")) and row["val_acc"] >= min_acc))]
-        rows.sort(key=lambda r: (-r["val_acc"] if _finite(r.get("val_acc")) else math.inf, r["macs"], r["key"]))
+                and (min_acc is None or (finite_number(row.get("val_acc")) and row["val_acc"] >= min_acc))]
+        rows.sort(key=lambda r: (-r["val_acc"] if finite_number(r.get("val_acc")) else math.inf, r["macs"], r["key"]))
         out += [_summary(run, info, row) for row in rows]
     return out
 
@@ -534,10 +526,6 @@ def format_architectures(rows: Iterable[Mapping[str, Any]]) -> str:
              f"{'val %':>6}  {'test %':>6}"]
     for r in rows:
         lines.append(f"{r['run']:{run_width}}  {r['key']:16}  {r['method'] or '-':10}  {r['arm']:9}  "
-                     f"{format_macs(r['macs']):>8}  {format_macs(r['params']):>8}  {_percent(r['val_acc']):>6}  "
-                     f"{_percent(r['test_acc']):>6}")
+                     f"{format_macs(r['macs']):>8}  {format_macs(r['params']):>8}  {format_percent(r['val_acc']):>6}  "
+                     f"{format_percent(r['test_acc']):>6}")
     return "\n".join(lines)
-
-
-def _percent(value: Any) -> str:
-    return f"{100 * value:.2f}" if _finite(value) else "-"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from prunenas.budget import cost_of
@@ -212,15 +212,15 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
     samples = max(num_samples or exp.num_samples, len(enqueued_points(exp)))
     if exp.sampler == "grid":
         samples = len(grid_points(exp))
-    targets = sorted({_target_macs(exp, t) for m in exp.proposers for t in _choices(target_setting(exp, m))})
+    planned = _planned_targets(exp)
+    targets = sorted({_target_macs(exp, t) for t in planned})
     mean_macs = sum(targets) / len(targets)
     per_budget = {}
     for budget in exp.budgets:
         only = exp.budget_targets.get(budget)
         per_budget[budget] = sorted({scratch_epochs(budget, epochs, base_macs, int(_target_macs(exp, t)),
                                                     exp.space.scratch_b_cap).epochs
-                                     for m in exp.proposers for t in _choices(target_setting(exp, m))
-                                     if only is None or t in only})
+                                     for t in planned if only is None or t in only})
     n_proposals = samples if exp.select != "top-k" else min(samples, exp.top_k)
     evaluations = []
     for arm in exp.arms:
@@ -229,7 +229,8 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
             epoch_list = [exp.finetune_epochs or RECIPES.get(exp.finetune_recipe).epochs] if budget == "finetune" \
                 else per_budget[budget]
             mean_epochs = sum(epoch_list) / len(epoch_list)
-            share = 1.0 if budget not in exp.budget_targets else _share(exp, exp.budget_targets[budget])
+            only = exp.budget_targets.get(budget)
+            share = 1.0 if only is None else sum(t in only for t in planned) / len(planned)
             n = round(n_proposals * share) * len(exp.eval_seeds)
             evaluations.append({"arm": arm, "budget": budget, "trials": n, "epochs": epoch_list,
                                 "cost": n * mean_macs * train_images * mean_epochs})
@@ -247,10 +248,9 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
     return phases
 
 
-def _share(exp: Experiment, only: Sequence[Any]) -> float:
-    """Fraction of the target choices (over all methods) that a restricted budget trains."""
-    choices = [t for m in exp.proposers for t in _choices(target_setting(exp, m))]
-    return sum(t in only for t in choices) / len(choices)
+def _planned_targets(exp: Experiment) -> list[Any]:
+    """The target each method is planned at, over all methods (a range: its middle), repeats kept."""
+    return [t for m in exp.proposers for t in _choices(target_setting(exp, m))]
 
 
 def _target_macs(exp: Experiment, target: Any) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prunenas.proposers import load_proposal
-from prunenas.results import mean_std, paired_difference
+from prunenas.results import format_percent, mean_std, paired_difference
 from prunenas.rundir import RunDir
 
 ARM_ORDER = ("proposed", "uniform", "random", "finetune", "lottery")
@@ -112,12 +112,8 @@ def arms_present(groups: Sequence[Group]) -> list[str]:
     return [a for a in ARM_ORDER if a in arms] + sorted(arms - set(ARM_ORDER))
 
 
-def _pct(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None or value != value else f"{100 * value:.{digits}f}"
-
-
 def _cell(stat: Mapping[str, float]) -> str:
-    return "-" if stat["n"] == 0 else f"{_pct(stat['mean'])} ± {_pct(stat['std'])} (n={stat['n']})"
+    return "-" if stat["n"] == 0 else f"{format_percent(stat['mean'])} ± {format_percent(stat['std'])} (n={stat['n']})"
 
 
 def _diff(d: Mapping[str, float]) -> str:
@@ -134,7 +130,7 @@ def markdown_table(groups: Sequence[Group], metric: str = "test_acc") -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in table_rows(groups, metric):
         cells = [r["method"], r["target"], r["budget"], f"{r['macs'] / 1e6:.2f}M", f"{r['params'] / 1e6:.3f}M",
-                 _pct(r["base_val_acc"])] + [_cell(r[a]) for a in arms] + [_diff(r["proposed_minus_uniform"])]
+                 format_percent(r["base_val_acc"])] + [_cell(r[a]) for a in arms] + [_diff(r["proposed_minus_uniform"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\n{METRICS[metric].capitalize()} in % at the final epoch, mean ± std over seeds (n); "
                  "proposed − uniform is paired by seed with a 95% t interval; base val = the base model's "

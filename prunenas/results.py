@@ -85,6 +85,16 @@ _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.042]
 
 
+def finite_number(value: Any) -> bool:
+    """Whether ``value`` is an int or float (not a bool) and finite — a usable metric."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def format_percent(value: Any, digits: int = 2, suffix: str = "") -> str:
+    """A fraction as a percentage (``0.8765`` -> ``87.65``), ``"-"`` when missing or not finite."""
+    return f"{100 * value:.{digits}f}{suffix}" if finite_number(value) else "-"
+
+
 def t_quantile(df: int) -> float:
     """Student's t 97.5% quantile (1.96 beyond 30 degrees of freedom)."""
     return _T975[df - 1] if 1 <= df <= 30 else 1.96

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from prunenas.errors import PrunenasError
+from prunenas.results import FINAL
 from prunenas.rundir import RunDir
 
 
@@ -36,7 +37,7 @@ def run_status(target: str, address: str | None = None) -> dict[str, Any]:
     plan = run.read_json("plan.json")
     if plan:
         keys = {e["key"] for entries in plan["proposals"].values() for e in entries}
-        done = sum(1 for k in keys if latest.get(k, {}).get("status") in ("ok", "diverged"))
+        done = sum(1 for k in keys if latest.get(k, {}).get("status") in FINAL)
         info["evaluation"] = f"{done}/{len(keys)} trainings done"
     return info
 

@@ -37,6 +37,7 @@ from prunenas.budget import uniform_twin
 from prunenas.errors import PrunenasError
 from prunenas.proposers.proposal import PROPOSAL_FORMAT, Proposal, Target, achieved
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
+from prunenas.proposers.uniform import twin_provenance
 from prunenas.spaces import Space, load_space
 
 Group = tuple[int, str]
@@ -113,20 +114,14 @@ def guided_proposal(method: str, space: Space, target: Target, source: Architect
         if target.is_cost:
             twin = uniform_twin(space, target.absolute(space), target.match, shape=shape, at_most=True)
             arch = twin.arch
-            facts.update(multiplier=twin.multiplier, twin_error=twin.error,
-                         requested_ratio=twin.target / _base_cost(space, target))
+            facts.update(twin_provenance(space, target, twin))
         else:
             arch = space.arch(space.round_widths([b * f for b, f in zip(space.upper, shape)]))
+            facts.update(achieved(space, arch, target.match))
     except PrunenasError as err:
         raise ProposerError(f"proposer {method!r}: the source's stage pattern gives no valid {space.family} "
                             f"architecture ({err})") from None
-    return Proposal(arch, method, params, target, seed, None, {**achieved(space, arch, target.match), **facts})
-
-
-def _base_cost(space: Space, target: Target) -> int:
-    from prunenas.budget import cost_of
-
-    return cost_of(space.base, target.match)
+    return Proposal(arch, method, params, target, seed, None, facts)
 
 
 SOURCE = {"source": Param("", kind=str, help="source architecture: FILE.json (architecture or proposal) or "

@@ -51,7 +51,17 @@ from prunenas.data import Split
 from prunenas.families.base import INPUT, Layer
 from prunenas.proposers.basemodel import BaseModel
 from prunenas.proposers.proposal import Proposal
-from prunenas.proposers.registry import ProposerError
+from prunenas.proposers.registry import Param, ProposerError
+from prunenas.spaces import Space
+
+SAMPLING_PARAMS = {
+    "images": Param(256, kind=int, help="training images whose activations are sampled", low=1, high=100_000),
+    "locations": Param(10, kind=int, help="random output positions sampled per image and layer", low=1,
+                       high=10_000),
+    "prune_tied": Param(False, kind=bool, help="also prune residual streams (consumers summed; identity paths "
+                        "ignored)"),
+}
+"""Parameters of the sampling both reconstruction methods share (ThiNet adds ``rescale``)."""
 
 RIDGE = 1e-10
 """Relative ridge added to Gram matrices before factorising (dead or duplicate channels make them singular)."""
@@ -331,6 +341,22 @@ def curve_scores(order: list[int], curve: Tensor, total: float) -> Tensor:
     scores = torch.empty(count, dtype=torch.float64)
     scores[torch.as_tensor(order, dtype=torch.long)] = monotone
     return scores
+
+
+def order_scores(gram: Tensor, order: list[int], curve: Tensor) -> tuple[Tensor, list[int], Tensor]:
+    """A method's removal ``order`` and error ``curve`` on one slot as (scores (:func:`curve_scores`), the order,
+    the curve relative to the full output energy ``1' G 1``)."""
+    total = float(gram.sum())
+    return curve_scores(order, curve, total), order, curve / total if total > 0 else curve
+
+
+def layer_errors(space: Space, curves: Mapping[int, Tensor], widths: tuple[int, ...]) -> dict[str, float]:
+    """Relative reconstruction error of every scored slot of ``space`` at its chosen width (for provenance)."""
+    out = {}
+    for slot, curve in curves.items():
+        removed = space.upper[slot] - widths[slot]
+        out[space.slots[slot].name] = round(float(curve[removed - 1]), 6) if removed > 0 else 0.0
+    return out
 
 
 def least_squares_weights(term: _Term, kept: Sequence[int], weight: Tensor) -> Tensor:

@@ -36,20 +36,20 @@ import torch
 from torch import Tensor
 
 from prunenas.proposers.proposal import Proposal, Target
-from prunenas.proposers.reconstruction import calibrated_grams, curve_scores, rescaled_curve
+from prunenas.proposers.reconstruction import (
+    SAMPLING_PARAMS,
+    calibrated_grams,
+    layer_errors,
+    order_scores,
+    rescaled_curve,
+)
 from prunenas.proposers.registry import register_proposer
-from prunenas.proposers.scoring import select, to_proposal
-from prunenas.proposers.thinet import SAMPLING_PARAMS, layer_errors
+from prunenas.proposers.scoring import select, soft_threshold, to_proposal
 from prunenas.spaces import Space
 
 PATH_POINTS = 200
 PATH_DECADES = 6
 SUPPORT_ROUNDS = 3
-
-
-def soft_threshold(x: Tensor, threshold: float | Tensor) -> Tensor:
-    """``sign(x) max(|x| - threshold, 0)``: the proximal operator of ``threshold ||.||_1``."""
-    return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0.0)
 
 
 def lasso_path(gram: Tensor, b: Tensor, lambdas: Tensor | list[float], sweeps: int = 500,
@@ -152,9 +152,7 @@ def lasso_support(gram: Tensor, keep: int) -> tuple[list[int], float]:
 def regression_scores(gram: Tensor) -> tuple[Tensor, list[int], Tensor]:
     """Scores of one slot: LASSO removal order, ranked by the relative error after the least-squares refit."""
     order = lasso_removal_order(gram)
-    curve = rescaled_curve(gram, order)
-    total = float(gram.sum())
-    return curve_scores(order, curve, total), order, curve / total if total > 0 else curve
+    return order_scores(gram, order, rescaled_curve(gram, order))
 
 
 @register_proposer("regression", presets=True, params=dict(SAMPLING_PARAMS))

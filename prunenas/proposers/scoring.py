@@ -79,6 +79,12 @@ def to_proposal(space: Space, method: str, target: Target, selection: Selection,
     return Proposal(arch, method, params, target, seed, dict(selection.kept), provenance)
 
 
+def soft_threshold(x: Tensor, threshold: float | Tensor) -> Tensor:
+    """``sign(x) max(|x| - threshold, 0)``: the proximal operator of ``threshold ||.||_1`` (LASSO coordinate
+    steps, Sparse Structure Selection's proximal step on block factors)."""
+    return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0.0)
+
+
 def nonfinite_guard(scores: Mapping[Any, Tensor], what: str) -> None:
     for key, value in scores.items():
         if not torch.isfinite(value).all():

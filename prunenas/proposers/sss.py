@@ -38,16 +38,12 @@ from prunenas.errors import BudgetError
 from prunenas.proposers.basemodel import RegularizerSpec, register_regularizer
 from prunenas.proposers.proposal import Proposal, Target, achieved
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
+from prunenas.proposers.scoring import soft_threshold
 from prunenas.spaces import Space
 from prunenas.train import Regularizer
 
 SCALE = "sss_scale"
 """Name of the block scale-factor parameter on the branch's last module."""
-
-
-def soft_threshold(x: Tensor, threshold: float) -> Tensor:
-    """The proximal step of ``threshold * |x|``: ``sign(x) max(|x| - threshold, 0)``."""
-    return torch.sign(x) * torch.clamp(x.abs() - threshold, min=0.0)
 
 
 def removable_blocks(arch: Architecture) -> dict[int, list[int]]:

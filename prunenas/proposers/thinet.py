@@ -30,18 +30,17 @@ import torch
 from torch import Tensor
 
 from prunenas.proposers.proposal import Proposal, Target
-from prunenas.proposers.reconstruction import calibrated_grams, curve_scores, removal_curve, rescaled_curve
+from prunenas.proposers.reconstruction import (
+    SAMPLING_PARAMS,
+    calibrated_grams,
+    layer_errors,
+    order_scores,
+    removal_curve,
+    rescaled_curve,
+)
 from prunenas.proposers.registry import Param, register_proposer
 from prunenas.proposers.scoring import select, to_proposal
 from prunenas.spaces import Space
-
-SAMPLING_PARAMS = {
-    "images": Param(256, kind=int, help="training images whose activations are sampled", low=1, high=100_000),
-    "locations": Param(10, kind=int, help="random output positions sampled per image and layer", low=1,
-                       high=10_000),
-    "prune_tied": Param(False, kind=bool, help="also prune residual streams (consumers summed; identity paths "
-                        "ignored)"),
-}
 
 
 def greedy_removal_order(gram: Tensor) -> tuple[list[int], Tensor]:
@@ -73,19 +72,9 @@ def thinet_scores(gram: Tensor, rescale: bool = True) -> tuple[Tensor, list[int]
     Returns the scores, the greedy removal order and the error curve used (after least-squares rescaling
     with ``rescale``, else the greedy objective itself), relative to the full output energy.
     """
-    order, plain = greedy_removal_order(gram)
+    order, _ = greedy_removal_order(gram)
     curve = rescaled_curve(gram, order) if rescale else removal_curve(gram, order)
-    total = float(gram.sum())
-    return curve_scores(order, curve, total), order, curve / total if total > 0 else curve
-
-
-def layer_errors(space: Space, curves: Mapping[int, Tensor], widths: tuple[int, ...]) -> dict[str, float]:
-    """Relative reconstruction error of every scored slot at its chosen width (for provenance)."""
-    out = {}
-    for slot, curve in curves.items():
-        removed = space.upper[slot] - widths[slot]
-        out[space.slots[slot].name] = round(float(curve[removed - 1]), 6) if removed > 0 else 0.0
-    return out
+    return order_scores(gram, order, curve)
 
 
 @register_proposer("thinet", presets=True, params={

@@ -6,7 +6,7 @@ import random as _random
 from collections.abc import Mapping
 from typing import Any
 
-from prunenas.budget import Twin, uniform_twin
+from prunenas.budget import Twin, cost_of, uniform_twin
 from prunenas.errors import ArchitectureError
 from prunenas.proposers.proposal import Proposal, Target, achieved
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
@@ -19,22 +19,18 @@ def _cost_target(space: Space, target: Target, method: str) -> int:
     return target.absolute(space)
 
 
-def _provenance(space: Space, target: Target, twin: Twin) -> dict[str, Any]:
-    return {"requested_ratio": twin.target / _base_cost(space, twin), **achieved(space, twin.arch, target.match),
-            "multiplier": twin.multiplier, "twin_error": twin.error}
-
-
-def _base_cost(space: Space, twin: Twin) -> int:
-    from prunenas.budget import cost_of
-
-    return cost_of(space.base, twin.match)
+def twin_provenance(space: Space, target: Target, twin: Twin) -> dict[str, Any]:
+    """What a proposal built by :func:`prunenas.budget.uniform_twin` records: requested and achieved cost, the
+    multiplier and the twin's error."""
+    return {"requested_ratio": twin.target / cost_of(space.base, twin.match),
+            **achieved(space, twin.arch, target.match), "multiplier": twin.multiplier, "twin_error": twin.error}
 
 
 @register_proposer("uniform", needs_base=False)
 def uniform(space: Space, target: Target, provider: Any, params: Mapping[str, Any], seed: int) -> Proposal:
     """Base widths x one multiplier at the target cost (budget.uniform_twin)."""
     twin = uniform_twin(space, _cost_target(space, target, "uniform"), target.match)
-    return Proposal(twin.arch, "uniform", params, target, seed, None, _provenance(space, target, twin))
+    return Proposal(twin.arch, "uniform", params, target, seed, None, twin_provenance(space, target, twin))
 
 
 @register_proposer("random", needs_base=False, params={
@@ -55,4 +51,4 @@ def random_widths(space: Space, target: Target, provider: Any, params: Mapping[s
         raise ProposerError(f"could not draw random widths valid for {space.family} in 100 tries")
     kept = {s: tuple(sorted(rng.sample(range(base), w))) for s, (w, base) in
             enumerate(zip(twin.arch.widths, space.upper))}
-    return Proposal(twin.arch, "random", params, target, seed, kept, _provenance(space, target, twin))
+    return Proposal(twin.arch, "random", params, target, seed, kept, twin_provenance(space, target, twin))
