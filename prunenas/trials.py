@@ -23,6 +23,7 @@ from prunenas.cost import count
 from prunenas.data import Data, load_data
 from prunenas.environment import environment
 from prunenas.experiment import Experiment
+from prunenas.fileio import locked
 from prunenas.proposers import Proposal, Target, load_proposal, propose
 from prunenas.proposers.basemodel import BaseModelProvider
 from prunenas.proposers.proposal import achieved
@@ -168,6 +169,12 @@ def run_training(ctx: Context, training: Training, phase: str,
     """
     config = training_config(ctx, training)
     key = training_key(ctx, training, config)
+    with locked(ctx.run.checkpoint_path(key).with_suffix(".lock")):  # one trainer per key, even across a resume
+        return _train_unless_final(ctx, training, phase, on_epoch, config, key)
+
+
+def _train_unless_final(ctx: Context, training: Training, phase: str,
+                        on_epoch: Callable[[dict[str, float]], None] | None, config: Any, key: str) -> dict[str, Any]:
     store = ctx.run.results
     existing = store.final(key)
     if existing is not None:

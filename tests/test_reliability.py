@@ -151,3 +151,33 @@ def test_two_nodes_share_the_trials_and_a_lost_node_is_survived(tmp_path):
         assert json.loads((run / "run.json").read_text())["status"] == "finished"
     finally:
         subprocess.run([ray_bin(), "stop", "--force"], capture_output=True, env=env)
+
+
+def _train_tiny_key(run_path, queue):
+    from prunenas.experiment import experiment_from_dict
+    from prunenas.rundir import RunDir
+    from prunenas.trials import Context, Training, run_training
+
+    from .search_helpers import EXPERIMENT
+
+    exp = experiment_from_dict(EXPERIMENT)
+    ctx = Context(exp, RunDir(run_path), threads=1)
+    row = run_training(ctx, Training(exp.space.base, "uniform", "scratch-e", 0), "eval")
+    queue.put(row["key"])
+
+
+def test_two_processes_training_one_key_train_it_once(tmp_path):
+    import multiprocessing
+
+    from prunenas.rundir import RunDir
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_train_tiny_key, args=(tmp_path, queue)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(300)
+    keys = [queue.get(timeout=5) for _ in workers]
+    rows = RunDir(tmp_path).results.rows()
+    assert keys[0] == keys[1] and [r["key"] for r in rows] == [keys[0]]  # the second waited and reused the row

@@ -13,13 +13,11 @@ checkpoint), and the finished entry appears by an atomic rename.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from torch import nn
 from prunenas.arch import Architecture
 from prunenas.data import Data, load_data
 from prunenas.errors import PrunenasError
-from prunenas.fileio import atomic_write_text
+from prunenas.fileio import atomic_write_text, locked
 from prunenas.proposers.proposal import Proposal
 from prunenas.registry import Registry
 from prunenas.spaces import Space
@@ -174,7 +172,7 @@ class BaseModelProvider:
         key = self.key(spec)
         entry = self.cache_dir / key
         if not entry.exists():
-            with _locked(self.cache_dir / f"{key}.lock"):
+            with locked(self.cache_dir / f"{key}.lock"):
                 if not entry.exists():  # another process may have finished it while we waited
                     self._train(key, spec, entry)
         return _read_entry(entry, self.space.base)
@@ -236,17 +234,6 @@ def base_model_from(model: nn.Module, arch: Architecture, init_state: Mapping[st
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     init = {k: v.clone() for k, v in (init_state or trained).items()}
     return BaseModel(key, arch, init, trained, val_acc)
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
