@@ -200,6 +200,28 @@ def test_sfp_resets_the_running_mean_of_zeroed_channels_so_evaluation_matches_tr
     assert torch.allclose(evaluated, shift) and torch.allclose(trained, shift)
 
 
+@pytest.mark.parametrize("reset_momentum", [True, False])
+def test_sfp_clears_the_momentum_of_zeroed_filters_so_they_stay_at_zero(reset_momentum):
+    model = planted_model("filters")
+    weight = model.get_submodule("stem.0").weight
+    optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
+    weight.grad = torch.ones_like(weight)
+    optimizer.step()  # fills the momentum buffer
+    before = optimizer.state[weight]["momentum_buffer"].clone()
+    sfp = SoftFilterPruning(TINY, keep=0.0, target=planted_target(), prune_tied=False, reset_momentum=reset_momentum)
+    sfp.attach(optimizer)
+    sfp.end_epoch(model, 0)
+    weak, kept = PLANTED[0], sorted(set(range(8)) - set(PLANTED[0]))
+    buffer = optimizer.state[weight]["momentum_buffer"]
+    assert torch.equal(buffer[kept], before[kept])
+    weight.grad = torch.zeros_like(weight)
+    optimizer.step()  # no gradient: only momentum can move a zeroed filter
+    if reset_momentum:
+        assert (buffer[weak] == 0).all() and (weight[weak] == 0).all()
+    else:
+        assert torch.equal(buffer[weak], before[weak] * 0.9) and (weight[weak] != 0).all()
+
+
 def test_sfp_normalises_per_layer_by_the_mean_by_default():
     model = planted_model("filters")
     target = planted_target()
@@ -222,7 +244,7 @@ def test_sfp_proposal_reads_the_zeroed_filters():
     target = planted_target()
     SoftFilterPruning(TINY, keep=0.0, target=target, prune_tied=False).end_epoch(model, 0)
     spec = RegularizerSpec.of("sfp", keep=0.0, prune_tied=False, target=tuple(sorted(target.to_dict().items())),
-                              normalization="mean")
+                              normalization="mean", reset_momentum=True)
     proposal = propose("sfp", TINY, target, StaticProvider(TINY, {spec: base_model_from(model, TINY.base)}))
     assert_planted_removed(proposal)
 

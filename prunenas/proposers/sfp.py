@@ -13,6 +13,17 @@ A zeroed filter makes its channel zero; the BatchNorm that reads the channel has
 so in evaluation the channel gives the constant the training forward gives it (its BN shift), instead of
 ``shift - scale * stale_mean / sqrt(var)`` from statistics of the filter before it was zeroed.
 
+``reset_momentum`` (default on) also clears the optimiser state (SGD momentum, Adam moments) of the zeroed
+filters — the authors' code keeps it. Kept momentum moves a zeroed filter off zero at the next step, while its
+channel's batch variance is still ~0, so BatchNorm scales the filter's gradient by ``1/sqrt(eps)`` (~316): the
+filter regrows to 10-500x the norm of the kept ones within an epoch, the next L2 ranking keeps it, and the
+downstream BatchNorms' running statistics go stale at every zeroing. Measured on the quarter-width Fashion-MNIST
+VGG-11 (8 epochs ``cifar-paper``, 10k images): base-model validation accuracy 10.2% -> 86.5% in the paper's
+uniform mode (keep 0.7; unpruned 87.6%), 58.4% -> 84.5% at 60% MACs, 19.2% -> 72.8% at 35% MACs; half-width
+ResNet-20 (``sfp-cifar``, 8 epochs): keep 0.7 15.0% -> 86.4% (unpruned 86.6%), 60% MACs 22.0% -> 80.0%.
+With the state cleared a zeroed filter still trains (pruning stays soft) when its channel passes gradient (its
+BN shift is positive).
+
 Residual streams are left alone unless ``prune_tied`` (then all producers of a stream channel are zeroed
 together, so the channel really disappears).
 """
@@ -51,9 +62,13 @@ class SoftFilterPruning(Regularizer):
     """Zeroes, after each epoch, the producer filters of the channels SFP drops."""
 
     def __init__(self, space: Space, keep: float, target: Target, prune_tied: bool,
-                 normalization: str = "mean") -> None:
+                 normalization: str = "mean", reset_momentum: bool = True) -> None:
         self.space, self.keep, self.target, self.prune_tied = space, keep, target, prune_tied
-        self.normalization = normalization
+        self.normalization, self.reset_momentum = normalization, reset_momentum
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
 
     @torch.no_grad()
     def end_epoch(self, model: nn.Module, epoch: int) -> None:
@@ -71,15 +86,24 @@ class SoftFilterPruning(Regularizer):
             if layer.kind == "bn":
                 module.running_mean[dropped] = 0
                 continue
-            module.weight[dropped] = 0
-            if module.bias is not None:
-                module.bias[dropped] = 0
+            for param in (module.weight, module.bias):
+                if param is not None:
+                    param[dropped] = 0
+                    if self.reset_momentum:
+                        self._clear_optimizer_state(param, dropped)
+
+    def _clear_optimizer_state(self, param: torch.Tensor, rows: list[int]) -> None:
+        """Zero the rows of every per-element optimiser buffer of ``param`` (momentum, Adam moments)."""
+        state = self.optimizer.state.get(param, {}) if self.optimizer is not None else {}
+        for buffer in state.values():
+            if isinstance(buffer, torch.Tensor) and buffer.shape == param.shape:
+                buffer[rows] = 0
 
 
 @register_regularizer("sfp")
 def sfp_regularizer(space: Space, keep: float, prune_tied: bool, target: tuple = (),
-                    normalization: str = "mean") -> Regularizer:
-    return SoftFilterPruning(space, keep, Target.from_dict(dict(target)), prune_tied, normalization)
+                    normalization: str = "mean", reset_momentum: bool = True) -> Regularizer:
+    return SoftFilterPruning(space, keep, Target.from_dict(dict(target)), prune_tied, normalization, reset_momentum)
 
 
 def sfp_spec(space: Space, target: Target, params: Mapping[str, Any]) -> RegularizerSpec:
@@ -88,7 +112,7 @@ def sfp_spec(space: Space, target: Target, params: Mapping[str, Any]) -> Regular
         raise ProposerError("proposer 'sfp' needs a cost target (ratio or MACs) or keep > 0")
     goal = () if keep > 0 else tuple(sorted(target.to_dict().items()))
     return RegularizerSpec.of("sfp", keep=keep, prune_tied=params["prune_tied"], target=goal,
-                              normalization=params["normalization"])
+                              normalization=params["normalization"], reset_momentum=params["reset_momentum"])
 
 
 @register_proposer("sfp", base_spec=sfp_spec, params={
@@ -97,6 +121,8 @@ def sfp_spec(space: Space, target: Target, params: Mapping[str, Any]) -> Regular
     "normalization": Param("mean", ("none", "max", "mean", "l2"), str,
                            "per-layer normalisation of the filter norms before the global ranking"),
     "prune_tied": Param(False, kind=bool, help="also prune residual streams"),
+    "reset_momentum": Param(True, kind=bool, help="clear the optimiser state of zeroed filters (false: as the "
+                            "authors' code, which lets momentum regrow them past the kept filters)"),
 })
 def sfp(space: Space, target: Target, provider: Any, params: Mapping[str, Any], seed: int) -> Proposal:
     """Filters zeroed by Soft Filter Pruning during base training (He et al. 2018)."""
