@@ -21,6 +21,7 @@ SEEDS = {0, 1, 2}
 STUDIES = {
     "fashionmnist-study": (102, 12, {"l1-norm", "slimming", "sfp", "magnitude", "thinet", "regression"}),
     "fashionmnist-resnet-study": (24, 3, {"sss", "l1-norm", "thinet"}),
+    "fashionmnist-sfp-study": (18, 2, {"sfp"}),
 }
 
 
