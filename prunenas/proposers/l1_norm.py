@@ -17,12 +17,12 @@ from typing import Any
 from prunenas.proposers.proposal import Proposal, Target
 from prunenas.proposers.registry import Param, register_proposer
 from prunenas.proposers.scoring import filter_norms, select, to_proposal, untied
-from prunenas.proposers.select import slot_scores
+from prunenas.proposers.select import NORMALIZATIONS, slot_scores
 from prunenas.spaces import Space
 
 
 @register_proposer("l1-norm", presets=True, params={
-    "normalization": Param("mean", ("none", "max", "mean", "l2"), str,
+    "normalization": Param("mean", NORMALIZATIONS, str,
                            "per-layer normalisation before the global ranking (norms differ by fan-in)"),
     "prune_tied": Param(False, kind=bool, help="also prune residual streams (the paper never did)"),
 })

@@ -40,7 +40,7 @@ from prunenas.proposers.basemodel import RegularizerSpec, register_regularizer
 from prunenas.proposers.proposal import Proposal, Target
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
 from prunenas.proposers.scoring import filter_norms, to_proposal, untied
-from prunenas.proposers.select import Selection, select_by_cost, select_widths, slot_scores
+from prunenas.proposers.select import NORMALIZATIONS, Selection, select_by_cost, select_widths, slot_scores
 from prunenas.spaces import Space
 from prunenas.train import Regularizer
 
@@ -118,7 +118,7 @@ def sfp_spec(space: Space, target: Target, params: Mapping[str, Any]) -> Regular
 @register_proposer("sfp", base_spec=sfp_spec, params={
     "keep": Param(0.0, kind=float, help="uniform mode: fraction of filters kept per layer (the paper's rate, e.g. "
                   "0.7); 0 = rank globally at the cost target", low=0.0, high=1.0),
-    "normalization": Param("mean", ("none", "max", "mean", "l2"), str,
+    "normalization": Param("mean", NORMALIZATIONS, str,
                            "per-layer normalisation of the filter norms before the global ranking"),
     "prune_tied": Param(False, kind=bool, help="also prune residual streams"),
     "reset_momentum": Param(True, kind=bool, help="clear the optimiser state of zeroed filters (false: as the "
