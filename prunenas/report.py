@@ -329,9 +329,9 @@ def write_report(run: RunDir, out: str | os.PathLike | None = None, fmt: str = "
                  latency: bool = True) -> dict[str, Any]:
     """Write the report of ``run`` into ``out`` (default ``RUN/report``); returns what was written."""
     out = Path(out) if out else run.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    groups = collect(run)
     state = run.state()
+    groups = collect(run)  # read (and reject a corrupt run) before the report folder exists
+    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {"folder": str(out), "files": []}
     if fmt == "md":
         text = _markdown(run, state, groups)
