@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prunenas.errors import ArchitectureError
-from prunenas.fileio import atomic_write_text, file_sha256
+from prunenas.fileio import atomic_write_text, file_sha256, read_text
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +49,11 @@ def _load_masks(path: str, sha256: str) -> tuple[tuple[str, torch.Tensor], ...]:
 
     if not os.path.exists(path):
         raise ArchitectureError(f"masks file {path} does not exist")
-    if file_sha256(path) != sha256:
+    try:
+        checksum = file_sha256(path)
+    except OSError as err:
+        raise ArchitectureError(f"cannot read masks file {path}: {err.strerror}") from None
+    if checksum != sha256:
         raise ArchitectureError(f"masks file {path} does not match its recorded sha256")
     try:
         return tuple((name, mask.bool()) for name, mask in sorted(load_file(path).items()))
@@ -288,10 +292,7 @@ def _mask_ref(spec: Any, base_dir: str | os.PathLike | None) -> MaskRef:
 def load_architecture(path: str | os.PathLike) -> Architecture:
     """Read an architecture JSON file (as written by :meth:`Architecture.save` or an export)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ArchitectureError(f"cannot read architecture file {path}: {err.strerror}") from None
+    text = read_text(path, "architecture file", ArchitectureError)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

@@ -459,8 +459,8 @@ def _resolve_file(path: str) -> tuple[Space, Architecture]:
     """An architecture JSON, or a proposal JSON (its architecture, in the space it was proposed in)."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        data = None  # load_architecture reports it precisely
+    except (OSError, ValueError):  # not JSON, not UTF-8, not a file: load_architecture reports it precisely
+        data = None
     if isinstance(data, dict) and str(data.get("format", "")).startswith("prunenas.proposal"):
         from prunenas.proposers import load_proposal
 

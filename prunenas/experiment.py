@@ -19,6 +19,7 @@ import yaml
 
 from prunenas.data import DATASETS
 from prunenas.errors import PrunenasError
+from prunenas.fileio import read_text
 from prunenas.recipes import RECIPES
 from prunenas.spaces import Space, load_space
 
@@ -119,9 +120,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     """Read and validate an experiment YAML."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ExperimentError(f"cannot read experiment file {path}: {err.strerror}") from None
+        data = yaml.safe_load(read_text(path, "experiment file", ExperimentError))
     except yaml.YAMLError as err:
         raise ExperimentError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     try:

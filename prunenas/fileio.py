@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from prunenas.errors import PrunenasError
+
 
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
@@ -17,6 +19,18 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_text(path: str | os.PathLike, what: str, error: type[PrunenasError] = PrunenasError) -> str:
+    """The UTF-8 text of the file ``path``; a missing, unreadable, binary or folder ``path`` raises ``error``
+    with one line naming ``what`` (e.g. ``"architecture file"``) — never a traceback."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise error(f"cannot read {what} {path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                    f"{err.start})") from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from prunenas.proposers import load_proposal
-from prunenas.results import format_percent, mean_std, paired_difference
+from prunenas.results import MIN_PAIRED_SEEDS, format_percent, has_interval, mean_std, paired_difference
 from prunenas.rundir import RunDir
 
 ARM_ORDER = ("proposed", "uniform", "random", "finetune", "lottery")
 METRICS = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}
-MIN_SEEDS = 3  # fewer paired seeds give no meaningful interval (two equal differences give a zero-width one)
 
 
 @dataclass
@@ -119,8 +118,8 @@ def _cell(stat: Mapping[str, float]) -> str:
 def _diff(d: Mapping[str, float]) -> str:
     if d["n"] == 0:
         return "-"
-    if d["n"] == 1:
-        return f"{100 * d['mean']:+.2f} (n=1)"
+    if not has_interval(d):
+        return f"{100 * d['mean']:+.2f} (n={d['n']})"
     return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] (n={d['n']})"
 
 
@@ -133,8 +132,9 @@ def markdown_table(groups: Sequence[Group], metric: str = "test_acc") -> str:
                  format_percent(r["base_val_acc"])] + [_cell(r[a]) for a in arms] + [_diff(r["proposed_minus_uniform"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\n{METRICS[metric].capitalize()} in % at the final epoch, mean ± std over seeds (n); "
-                 "proposed − uniform is paired by seed with a 95% t interval; base val = the base model's "
-                 "validation accuracy.")
+                 "proposed − uniform is paired by seed with a 95% t interval (none below "
+                 f"{MIN_PAIRED_SEEDS} seeds or when every seed gives the same difference); base val = the base "
+                 "model's validation accuracy.")
     return "\n".join(lines)
 
 
@@ -154,9 +154,12 @@ def verdict(groups: Sequence[Group], metric: str = "test_acc") -> list[str]:
         where = f"{r['method']} at target {r['target']} ({r['macs'] / 1e6:.2f}M MACs, {r['budget']})"
         if d["n"] == 0:
             lines.append(f"{where}: no paired proposed/uniform results yet.")
-        elif d["n"] < MIN_SEEDS:
+        elif d["n"] < MIN_PAIRED_SEEDS:
             lines.append(f"{where}: {100 * d['mean']:+.2f} points vs uniform from {d['n']} seed(s) — too few to "
-                         f"test (a verdict needs {MIN_SEEDS}).")
+                         f"test (a verdict needs {MIN_PAIRED_SEEDS}).")
+        elif not has_interval(d):
+            lines.append(f"{where}: {100 * d['mean']:+.2f} points vs uniform in every one of {d['n']} seeds — "
+                         "identical differences give no interval; not tested.")
         elif d["low"] > 0:
             lines.append(f"{where}: beats the uniform twin by {100 * d['mean']:+.2f} points "
                          f"(95% CI [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}], n={d['n']}) — significant.")
@@ -326,9 +329,9 @@ def write_report(run: RunDir, out: str | os.PathLike | None = None, fmt: str = "
                  latency: bool = True) -> dict[str, Any]:
     """Write the report of ``run`` into ``out`` (default ``RUN/report``); returns what was written."""
     out = Path(out) if out else run.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    groups = collect(run)
     state = run.state()
+    groups = collect(run)  # read (and reject a corrupt run) before the report folder exists
+    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {"folder": str(out), "files": []}
     if fmt == "md":
         text = _markdown(run, state, groups)

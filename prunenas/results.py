@@ -79,10 +79,7 @@ def _jsonable(value: Any) -> Any:
 
 # -- statistics -------------------------------------------------------------------------------------------
 
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (for 95% confidence intervals).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
-         2.042]
+MIN_PAIRED_SEEDS = 3  # fewer pairs give no usable interval (two equal differences give a zero-width one)
 
 
 def finite_number(value: Any) -> bool:
@@ -96,8 +93,10 @@ def format_percent(value: Any, digits: int = 2, suffix: str = "") -> str:
 
 
 def t_quantile(df: int) -> float:
-    """Student's t 97.5% quantile (1.96 beyond 30 degrees of freedom)."""
-    return _T975[df - 1] if 1 <= df <= 30 else 1.96
+    """Student's t 97.5% quantile with ``df`` degrees of freedom (the half-width factor of a 95% interval)."""
+    from scipy.stats import t  # here, not at the top: importing scipy.stats costs ~1 s on every CLI start
+
+    return float(t.ppf(0.975, df))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -109,11 +108,31 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 
 
 def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, float]:
-    """Mean of ``a[seed] - b[seed]`` over the seeds both have, with a 95% t confidence interval."""
+    """Mean of ``a[seed] - b[seed]`` over the seeds both have, with a 95% t confidence interval.
+
+    ``low`` and ``high`` are NaN where no interval is meaningful: fewer than ``MIN_PAIRED_SEEDS`` pairs, or
+    differences that are all equal (a zero-width interval says nothing about the spread of the method).
+    """
     diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
     mean, std, n = mean_std(diffs)
-    half = t_quantile(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+    usable = n >= MIN_PAIRED_SEEDS and not _all_equal(diffs)
+    half = t_quantile(n - 1) * std / math.sqrt(n) if usable else float("nan")
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def _all_equal(values: Sequence[float]) -> bool:
+    # equal up to rounding: 0.90 - 0.85 and 0.80 - 0.75 differ in their last bits in floating point
+    return math.isclose(min(values), max(values), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def has_interval(difference: Mapping[str, float]) -> bool:
+    """Whether a :func:`paired_difference` carries a confidence interval."""
+    return math.isfinite(difference["low"]) and math.isfinite(difference["high"])
+
+
+def significant(difference: Mapping[str, float]) -> bool:
+    """Whether a :func:`paired_difference`'s 95% interval excludes 0 (never without an interval)."""
+    return has_interval(difference) and (difference["low"] > 0 or difference["high"] < 0)
 
 
 def by_key(rows: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:

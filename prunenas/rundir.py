@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prunenas.errors import PrunenasError
-from prunenas.fileio import atomic_write_text
+from prunenas.fileio import atomic_write_text, read_text
 from prunenas.results import ResultsStore
 
 SCHEMA = 1
@@ -75,10 +75,7 @@ class RunDir:
         path = self.path / "run.json"
         if not path.exists():
             raise PrunenasError(f"{self.path} is not a prunenas run folder (no run.json)")
-        try:
-            state = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise PrunenasError(f"{path} is corrupt: {err.msg}") from None
+        state = self._parse(path)
         if state.get("schema") != SCHEMA:
             raise PrunenasError(f"{self.path} has run-folder schema {state.get('schema')!r}; this prunenas reads "
                                 f"schema {SCHEMA} (use the prunenas version that wrote it)")
@@ -96,7 +93,14 @@ class RunDir:
 
     def read_json(self, name: str) -> Any:
         path = self.path / name
-        return json.loads(path.read_text()) if path.exists() else None
+        return self._parse(path) if path.exists() else None
+
+    @staticmethod
+    def _parse(path: Path) -> Any:
+        try:
+            return json.loads(read_text(path, "run file"))
+        except json.JSONDecodeError as err:
+            raise PrunenasError(f"{path} is corrupt: {err.msg}") from None
 
 
 def _now() -> str:

@@ -25,6 +25,7 @@ import yaml
 
 from prunenas.arch import Architecture
 from prunenas.errors import PrunenasError, SpaceError
+from prunenas.fileio import read_text
 
 _KEYS = {"description", "family", "options", "dataset", "input_shape", "num_classes", "multiple_of",
          "min_width", "min_ratio", "recipe", "scratch_b_cap", "presets"}
@@ -113,9 +114,7 @@ def load_space(name_or_path: str | os.PathLike) -> Space:
         if not path.exists():
             raise SpaceError(f"unknown space {text!r}; built-in spaces: {', '.join(space_names())}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise SpaceError(f"cannot read space file {path}: {err.strerror}") from None
+        data = yaml.safe_load(read_text(path, "space file", SpaceError))
     except yaml.YAMLError as err:
         raise SpaceError(f"{path} is not valid YAML: {err}") from None
     return space_from_dict(path.stem, data, source=str(path))

@@ -105,7 +105,7 @@ class Regularizer:
         """Called once with the optimiser that trains the prepared model."""
 
     def before_step(self, model: nn.Module) -> None:
-        """Called between backward and the optimiser step."""
+        """Called between backward and the optimiser step, on unscaled gradients (AMP loss scaling undone)."""
 
     def after_step(self, model: nn.Module) -> None:
         """Called after the optimiser step."""
@@ -299,6 +299,9 @@ class _Run:
             raise TrainingDiverged(epoch + 1, self.steps, float(loss))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        # fp16 loss scaling multiplies the gradients by ~65,536: a regulariser that adds to them must see them
+        # unscaled, or its penalty is divided by that factor (step() then skips its own unscaling)
+        self.scaler.unscale_(self.optimizer)
         self.regularizer.before_step(self.model)
         self.scaler.step(self.optimizer)
         self.scaler.update()

@@ -136,11 +136,12 @@ def training_config(ctx: Context, training: Training) -> TrainConfig:
         recipe = recipe.with_epochs(e.finetune_epochs) if e.finetune_epochs else recipe
     else:
         recipe = RECIPES.get(e.recipe)
-        recipe = recipe.with_epochs(e.epochs) if e.epochs else recipe
+        epochs = e.epochs or recipe.epochs
         if training.budget == "scratch-b":
-            schedule = scratch_epochs("scratch-b", recipe.epochs, count(e.space.base).macs,
-                                      count(training.arch).macs, e.space.scratch_b_cap, recipe.milestones)
-            recipe = recipe.with_epochs(schedule.epochs)
+            epochs = scratch_epochs("scratch-b", epochs, count(e.space.base).macs, count(training.arch).macs,
+                                    e.space.scratch_b_cap).epochs
+        # milestones scaled once from the named recipe's: scaling already-floored ones floors twice
+        recipe = recipe.with_epochs(epochs)
     overrides: dict[str, Any] = {"seed": training.seed, "threads": ctx.threads, "device": ctx.device}
     if training.lr is not None:
         overrides["lr"] = training.lr

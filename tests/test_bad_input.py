@@ -8,7 +8,12 @@ import os
 import pytest
 import yaml
 
+from prunenas.arch import load_architecture
 from prunenas.cli import main
+from prunenas.errors import PrunenasError
+from prunenas.experiment import load_experiment
+from prunenas.proposers import load_proposal
+from prunenas.spaces import load_space
 
 GOOD = {"space": "tiny-synthetic", "data": {"name": "synthetic"}, "proposers": {"l1-norm": {}},
         "targets": {"ratios": [0.5]}}
@@ -34,6 +39,10 @@ def bad_masks(tmp):
     save_file({"down.0": torch.ones(3, 3, dtype=torch.uint8)}, str(tmp / "m.safetensors"))
     return {"family": "tiny", "widths": [8, 16, 8, 8], "input_shape": [3, 16, 16], "num_classes": 4,
             "masks": {"file": "m.safetensors", "sha256": file_sha256(tmp / "m.safetensors")}}
+
+
+BINARY = b"\x89PNG\r\n\x1a\n\xff\xfe"  # not UTF-8 from its first byte
+FOLDER = object()  # create a folder where a file is expected
 
 
 def corrupt_idx(tmp):
@@ -96,6 +105,29 @@ CASES = [
     ("arch-masks-missing", {"a.json": {"family": "tiny", "widths": [8, 16, 8, 8],
                                        "masks": {"file": "gone.safetensors", "sha256": "0"}}},
      ["info", "a.json"], "gone.safetensors does not exist"),
+    # files that are not text files: binary, empty, a folder (permissions cannot be tested as root, who reads
+    # a chmod-000 file anyway)
+    ("arch-binary", {"a.json": BINARY}, ["info", "a.json"],
+     "cannot read architecture file a.json: not UTF-8 text (byte 0x89 at offset 0)"),
+    ("arch-empty", {"a.json": ""}, ["info", "a.json"], "a.json is not valid JSON: Expecting value at line 1"),
+    ("arch-folder", {"a.json": FOLDER}, ["info", "a.json"], "cannot read architecture file a.json: Is a directory"),
+    ("arch-masks-folder", {"m.safetensors": FOLDER, "a.json": {"family": "tiny", "widths": [8, 16, 8, 8],
+                                                                "masks": {"file": "m.safetensors", "sha256": "0"}}},
+     ["info", "a.json"], "cannot read masks file"),
+    ("space-binary", {"s.yaml": BINARY}, ["info", "s.yaml"], "cannot read space file s.yaml: not UTF-8 text"),
+    ("space-empty", {"s.yaml": ""}, ["info", "s.yaml"], "s.yaml: a space is a YAML mapping"),
+    ("exp-binary", {"e.yaml": BINARY}, ["search", "e.yaml", "--out", "r"],
+     "cannot read experiment file e.yaml: not UTF-8 text"),
+    ("exp-empty", {"e.yaml": ""}, ["search", "e.yaml", "--out", "r"], "e.yaml: space: missing (required)"),
+    ("exp-folder", {"e.yaml": FOLDER}, ["search", "e.yaml", "--out", "r"],
+     "cannot read experiment file e.yaml: Is a directory"),
+    ("guided-source-binary", {"s.json": BINARY},
+     ["propose", "guided", "tiny-synthetic", "--ratio", "0.5", "--param", "source=s.json"],
+     "cannot read source file s.json: not UTF-8 text"),
+    ("run-state-binary", {"run/run.json": BINARY}, ["status", "run"], "cannot read run file"),
+    ("run-state-folder", {"run/run.json": FOLDER}, ["report", "run"], "run.json: Is a directory"),
+    ("run-plan-binary", {"run/run.json": {"schema": 1, "status": "running", "name": "x"}, "run/plan.json": BINARY},
+     ["report", "run", "--no-latency"], "cannot read run file"),
     # command line
     ("cli-missing-argument", {}, ["info"], "the following arguments are required: target"),
     ("cli-missing-run-folder", {}, ["report", "no-such-run"], "is not a prunenas run folder (no run.json)"),
@@ -129,7 +161,11 @@ def create(tmp_path, files):
     for name, content in files.items():
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        if callable(content):
+        if content is FOLDER:
+            path.mkdir()
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        elif callable(content):
             result = content(tmp_path)
             if isinstance(result, dict):
                 path.write_text(json.dumps(result))
@@ -141,10 +177,6 @@ def create(tmp_path, files):
 
 def snapshot(root):
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
-
-
-def test_at_least_thirty_cases():
-    assert len(CASES) >= 30
 
 
 @pytest.mark.parametrize(("name", "files", "argv", "message"), CASES, ids=[c[0] for c in CASES])
@@ -165,3 +197,17 @@ def test_bad_input(tmp_path, monkeypatch, capsys, name, files, argv, message):
     assert message in lines[0] and "Traceback" not in err
     assert snapshot(tmp_path) == before, "bad input must not write anything"
     assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize("kind", ["binary", "folder"])
+@pytest.mark.parametrize("loader, suffix", [(load_architecture, ".json"), (load_proposal, ".json"),
+                                            (load_space, ".yaml"), (load_experiment, ".yaml")],
+                         ids=["architecture", "proposal", "space", "experiment"])
+def test_every_file_loader_reports_an_unreadable_file_in_one_line(tmp_path, loader, suffix, kind):
+    path = tmp_path / f"input{suffix}"
+    path.mkdir() if kind == "folder" else path.write_bytes(BINARY)
+    with pytest.raises(PrunenasError) as raised:
+        loader(path)
+    message = str(raised.value)
+    assert str(path) in message and "\n" not in message
+    assert ("not UTF-8 text" if kind == "binary" else "Is a directory") in message

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -62,13 +63,16 @@ def test_proposer_contract(providers, sources, space_name, method):
         with pytest.raises(error, match=message):
             propose(method, space, target, provider, params, seed=3)
         return
+    started = time.perf_counter()
     proposal = propose(method, space, target, provider, params, seed=3)
+    elapsed = time.perf_counter() - started
     arch = proposal.arch
     assert arch.family == space.family and arch.opts == space.base.opts
     assert cost_of(arch, "macs") <= target.absolute(space) * 1.01
     assert all(w >= 1 for w, s in zip(arch.widths, arch.slots) if not s.removable)
     assert all(w <= s.base for w, s in zip(arch.widths, arch.slots))
-    assert proposal.method == method and proposal.provenance["seconds"] >= 0
+    assert proposal.method == method
+    assert 0 <= proposal.provenance["seconds"] <= round(elapsed, 3) + 0.001  # the time it took, rounded to ms
     again = propose(method, space, target, provider, params, seed=3)
     assert again.arch.digest() == arch.digest()  # same seed, same architecture
     if proposal.kept is not None:

@@ -69,7 +69,7 @@ def test_killed_worker_is_retried_from_its_epoch_checkpoint(tmp_path):
     proc = cli("search", write(tmp_path, exp), "--out", faulty, "--no-dashboard",
                env={"PRUNENAS_FAULT": "train.checkpoint@epoch=1:kill"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "FAILED" not in proc.stdout or json.loads((faulty / "run.json").read_text())["status"] == "finished"
+    assert json.loads((faulty / "run.json").read_text())["status"] == "finished"  # the killed trial was retried
     a, b = RunDir(clean).results.latest(), RunDir(faulty).results.latest()
     assert a.keys() == b.keys() and all(r["status"] == "ok" for r in b.values())
     for key in a:  # the retried trainings end exactly as the uninterrupted ones

@@ -11,6 +11,7 @@ from prunenas.arch import Architecture
 from prunenas.data import load_data
 from prunenas.errors import PrunenasError
 from prunenas.masks import apply_masks
+from prunenas.proposers.slimming import BatchNormL1
 from prunenas.spaces import load_space
 from prunenas.train import Regularizer, TrainConfig, TrainingDiverged, lr_factor, train
 
@@ -166,3 +167,30 @@ def test_train_an_architecture_file_via_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "prunenas", "train", str(tmp_path / "a.json")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--data is required" in proc.stderr
+
+
+def bn_scales(model):
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    return torch.cat([m.weight.detach().abs().flatten() for m in bns])
+
+
+def slimming_run(tiny, data, s):
+    # plain SGD at a constant rate: the penalty alone moves every |gamma| by lr x s per step
+    plain = config(epochs=1, schedule="constant", momentum=0.0, weight_decay=0.0, lr=0.05)
+    return train(tiny, data, plain, regularizer=BatchNormL1(s), evaluate_test=False)
+
+
+def test_sparsity_training_shrinks_every_bn_scale_by_lr_times_s_per_step(tiny, synthetic):
+    free, sparse = slimming_run(tiny, synthetic, 0.0), slimming_run(tiny, synthetic, 0.1)
+    shrink = bn_scales(free.model) - bn_scales(sparse.model)
+    assert shrink.mean().item() == pytest.approx(0.05 * 0.1 * sparse.steps, rel=0.05)
+    assert (shrink > 0).all()
+
+
+def test_the_slimming_penalty_is_as_strong_under_fp16_loss_scaling(tiny, synthetic, monkeypatch):
+    plain = slimming_run(tiny, synthetic, 0.1)
+    unscaled = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled=True: unscaled("cpu", init_scale=2.0 ** 16))
+    scaled = slimming_run(tiny, synthetic, 0.1)
+    # a power-of-two scale is undone exactly, so the scales end where they end without loss scaling
+    assert torch.allclose(bn_scales(scaled.model), bn_scales(plain.model), rtol=0, atol=1e-6)

@@ -35,6 +35,7 @@ from typing import Any
 from prunenas.arch import Architecture, from_dict
 from prunenas.budget import uniform_twin
 from prunenas.errors import PrunenasError
+from prunenas.fileio import read_text
 from prunenas.proposers.proposal import PROPOSAL_FORMAT, Proposal, Target, achieved
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
 from prunenas.proposers.uniform import twin_provenance
@@ -85,7 +86,7 @@ def load_source(text: str) -> Architecture:
     path = Path(text)
     try:
         if path.is_file():
-            data = json.loads(path.read_text())
+            data = json.loads(read_text(path, "source file"))
             if isinstance(data, dict) and data.get("format") == PROPOSAL_FORMAT:
                 return Proposal.from_dict(data, base_dir=path.parent).arch
             return from_dict(data, base_dir=path.parent)

@@ -12,7 +12,7 @@ from typing import Any
 from prunenas.arch import Architecture, from_dict
 from prunenas.budget import Match, cost_of, target_from_ratio
 from prunenas.errors import BudgetError, PrunenasError
-from prunenas.fileio import atomic_write_text
+from prunenas.fileio import atomic_write_text, read_text
 from prunenas.spaces import Space
 
 PROPOSAL_FORMAT = "prunenas.proposal/1"
@@ -125,8 +125,8 @@ class Proposal:
 def load_proposal(path: str | os.PathLike) -> Proposal:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        data = json.loads(read_text(path, "proposal"))
+    except json.JSONDecodeError as err:
         raise PrunenasError(f"cannot read proposal {path}: {err}") from None
     return Proposal.from_dict(data, base_dir=path.parent)
 

@@ -1,0 +1,102 @@
+"""The README's study numbers are what the committed rows say: its tables and the figures quoted in its
+reading of the studies are recomputed here from experiments/results/ (rows by the report code, latencies
+from each run's committed latency.md, a measurement file)."""
+import re
+from pathlib import Path
+
+import pytest
+
+from prunenas.report import collect, markdown_table, table_rows
+from prunenas.results import significant
+from prunenas.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+README = (ROOT / "README.md").read_text()
+
+
+def cells(line):
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def readme_table(after):
+    """Rows of the first markdown table after the line starting with ``after`` (header and rule dropped)."""
+    lines = README[README.index(after):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append(cells(line))
+    return rows[2:]
+
+
+def report_rows(study, metric="test_acc"):
+    """The report's test-accuracy table of a committed run, as cells, keyed by (method, target, budget)."""
+    lines = markdown_table(collect(RunDir(RESULTS / study)), metric).splitlines()
+    return {tuple(c[:3]): c for c in map(cells, lines[2:]) if len(c) > 3}
+
+
+def latency(study):
+    """Batch-64 forward times (ms) of proposal and twin by (method, target), from the run's latency.md."""
+    text = (RESULTS / study / "report" / "latency.md").read_text()
+    return {(c[0], c[1]): (float(c[5]), float(c[6])) for c in map(cells, text.splitlines()[2:]) if len(c) == 7}
+
+
+def plain(text):
+    return " ".join(text.replace("−", "-").split())
+
+
+def test_the_study_table_is_the_committed_reports():
+    expected = report_rows("fashionmnist-study")
+    rows = readme_table("## A measured study")
+    assert len(rows) == len(expected)
+    for row in rows:  # the report's cells without params and base val
+        full = expected[tuple(row[:3])]
+        assert row == full[:4] + full[6:], row
+
+
+def test_the_resnet_table_is_the_committed_report_and_latency():
+    expected, ms = report_rows("fashionmnist-resnet-study"), latency("fashionmnist-resnet-study")
+    rows = readme_table("**The ResNet half**")
+    assert len(rows) == len(expected)
+    for row in rows:
+        full = next(c for key, c in expected.items() if key[0] == row[0])
+        without_n = [re.sub(r" \(n=\d+\)$", "", c) for c in full]
+        proposed, uniform = ms[full[0], full[1]]
+        assert row == [full[0], full[3], full[4]] + without_n[6:] + [f"{proposed:.2f} / {uniform:.2f} ms"], row
+
+
+def test_the_quoted_figures_of_the_study_are_the_rows():
+    rows = table_rows(collect(RunDir(RESULTS / "fashionmnist-study")), "test_acc")
+    text = plain(README)
+    structured = {"l1-norm", "slimming", "thinet", "regression"}
+    differences = [r["proposed_minus_uniform"] for r in rows if r["method"] in structured | {"magnitude"}]
+    compared = [100 * d["mean"] for d in differences]
+    assert len(compared) == 15 and not any(significant(d) for d in differences)
+    assert f"the means range from {min(compared):+.2f} to {max(compared):+.2f} points" in text
+    gaps = [100 * (r["uniform"]["mean"] - r["random"]["mean"]) for r in rows if r["method"] in structured]
+    below = [g for g in gaps if g > 0]
+    assert f"in {len(below)} of the {len(gaps)} structured settings, by at most {max(below):.2f} points" in text
+    mean = {(r["method"], r["target"], r["budget"]): 100 * r["proposed"]["mean"] for r in rows}
+    gains = [round(mean[m, "0.6", "scratch-b"], 2) - round(mean[m, "0.6", "scratch-e"], 2)
+             for m in {r["method"] for r in rows}]
+    assert f"adds {min(gains):.2f}-{max(gains):.2f} points to every proposal" in text.replace("–", "-")
+
+
+def test_the_quoted_latencies_cite_latency_md_and_are_its_numbers():
+    ms = latency("fashionmnist-study")
+    text = plain(README).replace("–", "-")
+    masked = ms["magnitude", "0.6"][0]
+    structured = [p for (method, target), (p, _) in ms.items() if target == "0.6" and method != "magnitude"]
+    assert (f"(`report/latency.md`: {masked:.1f} ms per batch of 64 on this CPU at 60% MACs, the structured "
+            f"proposals {min(structured):.1f}-{max(structured):.1f} ms)") in text
+
+
+@pytest.mark.parametrize("target", ["0.6", "0.35"])
+def test_the_sfp_rerun_numbers_are_its_rows(target):
+    row = report_rows("fashionmnist-sfp-study")[("sfp", target, "scratch-e")]
+    proposed, uniform, _, difference = (re.sub(r" \(n=\d+\)$", "", c) for c in row[6:])
+    text = plain(README)
+    for quoted in (proposed, uniform, difference.split(" ", 1)[1]):
+        assert plain(quoted) in text, quoted
