@@ -15,6 +15,7 @@ so nothing finished is lost when the driver dies; :func:`resume` continues in wh
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import statistics
@@ -78,6 +79,10 @@ def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool)
     ctx = Context(exp, run, cache_dir=run.state().get("cache_dir"), threads=max(1, int(exp.cpu)),
                   log=None)
     ctx.data()  # fail early on missing data; trials receive it through Ray's object store
+    if exp.base_weights:  # fail early (exit 2) on weights that cannot be had, before any trial starts
+        from prunenas.pretrained import ensure_available
+
+        ensure_available(exp.base_weights, exp.space.base)
     _init_ray(address, dashboard)
     try:
         print(f"run folder {run.path}")
@@ -113,7 +118,9 @@ def _init_ray(address: str | None, dashboard: bool) -> None:
 
 def _absolute_paths(exp: Experiment) -> Experiment:
     if exp.data_root:
-        return exp.with_overrides(data_root=str(Path(exp.data_root).resolve()))
+        exp = exp.with_overrides(data_root=str(Path(exp.data_root).resolve()))
+    if exp.base_weights and not exp.base_weights.startswith("torchvision:"):
+        exp = dataclasses.replace(exp, base_weights=str(Path(exp.base_weights).resolve()))
     return exp
 
 
