@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(p)
     p.add_argument("--recipe", help="base model's recipe (default: the space's)")
     p.add_argument("--base-epochs", type=int, help="base model's epochs (default: the recipe's)")
+    p.add_argument("--base-weights", help="published weights as the base model instead of training one: a "
+                   ".pth/.safetensors state dict or torchvision:NAME (e.g. torchvision:DEFAULT)")
     p.add_argument("--cache-dir", help="base-model cache folder (default $PRUNENAS_CACHE or ~/.cache/prunenas)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)

@@ -67,6 +67,7 @@ class Experiment:
     base_recipe: str = "fast"
     base_epochs: int | None = None
     base_seed: int = 0
+    base_weights: str | None = None  # published weights as the base model (prunenas.pretrained), not trained
     proposers: Mapping[str, Mapping[str, Setting]] = field(default_factory=dict)
     target: Setting = 0.5
     presets: tuple[str, ...] | None = None  # None: every preset of the space, for methods that have presets
@@ -137,7 +138,7 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
     seeds, recipe, search = root.section("seeds"), root.section("recipe"), root.section("search")
     resources, finetune = root.section("resources"), root.section("finetune")
     data_sec.only({"name", "root", "val_size", "subset"})
-    base.only({"recipe", "epochs", "seed"})
+    base.only({"recipe", "epochs", "seed", "weights"})
     targets.only({"ratios", "macs", "presets", "match"})
     seeds.only({"search", "eval"})
     recipe.only({"name", "epochs", "lr"})
@@ -157,6 +158,7 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
         base_recipe=_recipe(base.get("recipe", str, default=space.recipe), "base.recipe"),
         base_epochs=base.get("epochs", int, minimum=1),
         base_seed=base.get("seed", int, default=0),
+        base_weights=_weights(base.get("weights", str)),
         proposers=_proposers(root.get("proposers", dict, required=True)),
         target=_targets(targets),
         presets=_presets(targets, space),
@@ -383,6 +385,15 @@ def _targets(targets: _Reader) -> Setting:
     return ("ratio", _setting(targets.data.get("ratios", [0.5]), "targets.ratios", check_ratio, numeric=True))
 
 
+def _weights(weights: str | None) -> str | None:
+    from prunenas.pretrained import check_weights_name
+
+    try:
+        return None if weights is None else check_weights_name(weights)
+    except PrunenasError as err:
+        raise ExperimentError(str(err)) from None
+
+
 def _numeric_setting(reader: _Reader, key: str, positive: bool) -> Setting:
     if reader.data.get(key) is None:
         return None
@@ -413,6 +424,8 @@ def _cross_checks(exp: Experiment) -> None:
         for where, setting in _all_settings(exp):
             if isinstance(setting, Range):
                 raise ExperimentError(f"{where}: the grid sampler needs lists of choices, not ranges")
+    if exp.base_weights:
+        _check_published_base(exp)
     if exp.sampler == "nsga2" and len(exp.objectives) == 1:
         raise ExperimentError("search.sampler: nsga2 is for two objectives (objectives: [val_acc, macs])")
     kind, setting = exp.target
@@ -422,6 +435,26 @@ def _cross_checks(exp: Experiment) -> None:
         if cost < smallest:
             raise ExperimentError(f"targets.{kind}: {value} ({cost:.0f} {exp.match}) is below the smallest "
                                   f"architecture of {exp.space.name} ({smallest} {exp.match})")
+
+
+def _check_published_base(exp: Experiment) -> None:
+    """Published weights have no initial state (lottery) and no regulariser (slimming, SSS, SFP)."""
+    from prunenas.plan import base_model_specs
+    from prunenas.pretrained import torchvision_builder
+
+    if "lottery" in exp.arms:
+        raise ExperimentError("arms: lottery restarts from the base model's initial weights, which base.weights "
+                              f"({exp.base_weights}) does not have; drop lottery or base.weights")
+    for method, spec in base_model_specs(exp):
+        if spec is not None:
+            raise ExperimentError(f"base.weights: {method} trains its base model with a regulariser "
+                                  f"({spec.kind}); published weights serve methods that prune a plainly trained "
+                                  "network")
+    if exp.base_weights.startswith("torchvision:"):
+        try:
+            torchvision_builder(exp.space.base)
+        except PrunenasError as err:
+            raise ExperimentError(str(err)) from None
 
 
 def _all_settings(exp: Experiment) -> list[tuple[str, Setting]]:

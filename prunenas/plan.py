@@ -205,9 +205,13 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
 
     base_macs = count(exp.space.base).macs
     base_recipe = RECIPES.get(exp.base_recipe)
-    base_epochs = exp.base_epochs or base_recipe.epochs
+    base_recipe = base_recipe.with_epochs(exp.base_epochs) if exp.base_epochs else base_recipe
+    base_epochs = 0 if exp.base_weights else base_recipe.epochs  # published weights: nothing to train
     recipe = RECIPES.get(exp.recipe)
-    epochs = exp.epochs or recipe.epochs
+    recipe = recipe.with_epochs(exp.epochs) if exp.epochs else recipe
+    epochs = recipe.epochs
+    finetune = RECIPES.get(exp.finetune_recipe)
+    finetune = finetune.with_epochs(exp.finetune_epochs) if exp.finetune_epochs else finetune
     bases = base_model_specs(exp)
     samples = max(num_samples or exp.num_samples, len(enqueued_points(exp)))
     if exp.sampler == "grid":
@@ -219,25 +223,30 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
     for budget in exp.budgets:
         only = exp.budget_targets.get(budget)
         per_budget[budget] = sorted({scratch_epochs(budget, epochs, base_macs, int(_target_macs(exp, t)),
-                                                    exp.space.scratch_b_cap).epochs
-                                     for t in planned if only is None or t in only})
+                                                    exp.space.scratch_b_cap, recipe.milestones)
+                                     for t in planned if only is None or t in only}, key=lambda s: s.epochs)
     n_proposals = samples if exp.select != "top-k" else min(samples, exp.top_k)
     evaluations = []
     for arm in exp.arms:
         budgets = ["finetune"] if arm == "finetune" else list(exp.budgets)
         for budget in budgets:
-            epoch_list = [exp.finetune_epochs or RECIPES.get(exp.finetune_recipe).epochs] if budget == "finetune" \
-                else per_budget[budget]
+            schedules = [finetune] if budget == "finetune" else per_budget[budget]
+            epoch_list = [s.epochs for s in schedules]
             mean_epochs = sum(epoch_list) / len(epoch_list)
             only = exp.budget_targets.get(budget)
             share = 1.0 if only is None else sum(t in only for t in planned) / len(planned)
             n = round(n_proposals * share) * len(exp.eval_seeds)
+            lr = (finetune.lr if budget == "finetune" else recipe.lr) if exp.lr is None or budget == "finetune" \
+                else _lr_plan(exp.lr)
             evaluations.append({"arm": arm, "budget": budget, "trials": n, "epochs": epoch_list,
+                                "milestones": [list(s.milestones) for s in schedules], "lr": lr,
                                 "cost": n * mean_macs * train_images * mean_epochs})
     phases = {
         "base_models": {"trials": len(bases), "specs": [{"method": m, "regularizer": s.to_dict() if s else None}
                                                         for m, s in bases],
-                        "epochs": base_epochs, "cost": len(bases) * base_macs * train_images * base_epochs},
+                        "epochs": base_epochs, "milestones": [] if exp.base_weights else list(base_recipe.milestones),
+                        "lr": None if exp.base_weights else base_recipe.lr, "weights": exp.base_weights,
+                        "cost": len(bases) * base_macs * train_images * base_epochs},
         "search": {"trials": samples, "trainings": samples * len(exp.search_seeds), "epochs": epochs,
                    "enqueued": samples if exp.sampler == "grid" else len(enqueued_points(exp)),
                    "cost": samples * len(exp.search_seeds) * mean_macs * train_images * epochs},
@@ -246,6 +255,11 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
     }
     phases["total_cost"] = sum(p["cost"] for p in phases.values() if isinstance(p, dict))
     return phases
+
+
+def _lr_plan(setting: Setting) -> Any:
+    """The learning rate a search samples, as the plan shows it: a value, the choices, or ``[low, high]``."""
+    return [setting.low, setting.high] if isinstance(setting, Range) else setting
 
 
 def _planned_targets(exp: Experiment) -> list[Any]:
@@ -265,14 +279,17 @@ def _target_macs(exp: Experiment, target: Any) -> float:
 
 def format_estimate(exp: Experiment, est: Mapping[str, Any]) -> str:
     b, s, e = est["base_models"], est["search"], est["evaluation"]
+    training = f"published weights {b['weights']}, evaluated only" if b["weights"] else f"{b['epochs']} epochs each"
     lines = [f"experiment {exp.name}: space {exp.space.name}, data {exp.dataset}",
-             f"phase 0  base models: {b['trials']} trial(s), {b['epochs']} epochs each "
+             f"phase 0  base models: {b['trials']} trial(s), {training} "
              f"({', '.join(x['method'] for x in b['specs']) or 'none needed'})  cost {_e(b['cost'])}",
              f"phase 1  search: {s['trials']} trial(s) ({s['enqueued']} enqueued first), {s['trainings']} training(s) "
              f"of {s['epochs']} epochs  cost {_e(s['cost'])}",
              f"phase 2  evaluation: {e['proposals']} proposal(s) -> {e['trials']} training(s)  cost {_e(e['cost'])}"]
     for arm in e["arms"]:
-        lines.append(f"           {arm['arm']:9} {arm['budget']:9} {arm['trials']:4d} trials, epochs {arm['epochs']}")
+        drops = f", lr drops at {arm['milestones']}" if any(arm["milestones"]) else ""
+        lines.append(f"           {arm['arm']:9} {arm['budget']:9} {arm['trials']:4d} trials, epochs {arm['epochs']}, "
+                     f"lr {arm['lr']}{drops}")
     lines.append(f"total cost {_e(est['total_cost'])} (forward MACs x training images x epochs; training is ~3x)")
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ import yaml
 from prunenas.arch import MaskRef
 from prunenas.cost import count, format_macs
 from prunenas.errors import PrunenasError
+from prunenas.pretrained import check_weights_name
 from prunenas.proposers import PROPOSERS, Proposal, Target, propose
 from prunenas.proposers.basemodel import BaseModelProvider
 from prunenas.spaces import load_space
@@ -41,7 +42,8 @@ def run_propose(args: argparse.Namespace) -> int:
     provider = BaseModelProvider(space, dataset=args.data, recipe=args.recipe, seed=args.base_seed,
                                  epochs=args.base_epochs, cache_dir=args.cache_dir, data_root=args.data_root,
                                  val_size=args.val_size, subset=args.subset, device=args.device,
-                                 threads=args.threads, log=lambda line: print(line, file=log, flush=True))
+                                 threads=args.threads, log=lambda line: print(line, file=log, flush=True),
+                                 weights=args.base_weights and check_weights_name(args.base_weights))
     proposal = propose(args.method, space, target, provider if info.needs_base else None, params, args.seed)
     if args.out:
         save_with_masks(proposal, Path(args.out))

@@ -35,6 +35,14 @@ class Recipe:
 RECIPES: Registry[Recipe] = Registry("recipe")
 RECIPES.register("cifar-paper", Recipe(epochs=160, batch_size=64, lr=0.1, weight_decay=1e-4, milestones=(80, 120)))
 RECIPES.register("imagenet-paper", Recipe(epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, milestones=(30, 60)))
+# VGG-16 without BatchNorm (ThiNet, regression pruning) diverges at lr 0.1: the seed trains it at --lr 0.01
+# (imagenet/thinet/README.md, imagenet/regression-pruning/README.md), otherwise the ImageNet schedule
+RECIPES.register("imagenet-plain-vgg", Recipe(epochs=90, batch_size=256, lr=0.01, weight_decay=1e-4,
+                                              milestones=(30, 60)))
+# Sparse Structure Selection's schedule (Huang & Wang 2018; seed imagenet/sparse-structure-selection/README.md):
+# 100 epochs, lr x0.1 at 30/60/90
+RECIPES.register("imagenet-sss", Recipe(epochs=100, batch_size=256, lr=0.1, weight_decay=1e-4,
+                                        milestones=(30, 60, 90)))
 RECIPES.register("cifar-finetune", Recipe(epochs=40, batch_size=64, lr=0.001, weight_decay=1e-4, schedule="constant"))
 RECIPES.register("imagenet-finetune", Recipe(epochs=20, batch_size=256, lr=0.001, weight_decay=1e-4,
                                              schedule="constant"))

@@ -15,6 +15,7 @@ so nothing finished is lost when the driver dies; :func:`resume` continues in wh
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import statistics
@@ -51,6 +52,7 @@ STUDY = "search"
 def run_search(exp: Experiment, out: str | os.PathLike | None = None, *, address: str | None = None,
                cache_dir: str | None = None, dashboard: bool = True) -> RunDir:
     """Run a whole study into a new run folder."""
+    _check_base_weights(exp)
     run = RunDir(out or Path(exp.storage) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     source = dict(exp.source, **({"address": address} if address else {}))
     run.create(exp.name, yaml.safe_dump(source, sort_keys=False))
@@ -69,8 +71,17 @@ def resume(path: str | os.PathLike, *, address: str | None = None, dashboard: bo
 
         raise PrunenasError(f"{run.path} is finished; nothing to resume (report it with `prunenas report {run.path}`)")
     exp = experiment_from_dict(yaml.safe_load((run.path / "experiment.yaml").read_text()), state.get("name", "run"))
+    _check_base_weights(exp)
     _execute(run, exp, address or exp.address, dashboard)
     return run
+
+
+def _check_base_weights(exp: Experiment) -> None:
+    """Published base weights that cannot be had fail here (exit 2), before a run folder or a trial exists."""
+    if exp.base_weights:
+        from prunenas.pretrained import ensure_available
+
+        ensure_available(exp.base_weights, exp.space.base)
 
 
 def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool) -> None:
@@ -113,7 +124,9 @@ def _init_ray(address: str | None, dashboard: bool) -> None:
 
 def _absolute_paths(exp: Experiment) -> Experiment:
     if exp.data_root:
-        return exp.with_overrides(data_root=str(Path(exp.data_root).resolve()))
+        exp = exp.with_overrides(data_root=str(Path(exp.data_root).resolve()))
+    if exp.base_weights and not exp.base_weights.startswith("torchvision:"):
+        exp = dataclasses.replace(exp, base_weights=str(Path(exp.base_weights).resolve()))
     return exp
 
 

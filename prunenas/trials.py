@@ -60,7 +60,7 @@ class Context:
         provider = BaseModelProvider(e.space, dataset=e.dataset, recipe=e.base_recipe, seed=e.base_seed,
                                      epochs=e.base_epochs, cache_dir=self.cache_dir, data_root=e.data_root,
                                      val_size=e.val_size, subset=e.subset, device=self.device,
-                                     threads=self.threads, log=self.log)
+                                     threads=self.threads, log=self.log, weights=e.base_weights)
         provider._data = self._data
         provider.artifact_dir = self.run.path / "proposals"
         return provider
@@ -157,7 +157,8 @@ def training_key(ctx: Context, training: Training, config: TrainConfig | None = 
     identity = {"arch": training.arch.digest(), "arm": training.arm, "budget": training.budget, "recipe": recipe,
                 "data": [e.dataset, e.val_size, e.subset], "init": training.init}
     if training.init != "scratch":
-        identity.update(proposal=training.proposal, base=[e.base_recipe, e.base_epochs, e.base_seed])
+        base = [e.base_recipe, e.base_epochs, e.base_seed] + ([e.base_weights] if e.base_weights else [])
+        identity.update(proposal=training.proposal, base=base)
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 

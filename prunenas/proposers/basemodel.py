@@ -6,6 +6,10 @@ the base seed. It is stored content-addressed under the cache folder (``--cache-
 default ``~/.cache/prunenas/base-models``) with its *initial* and its *trained* weights, so that K
 proposals at K targets cost one training, and the fine-tune and lottery arms can inherit either state.
 
+A provider given published ``weights`` (:mod:`prunenas.pretrained`) trains nothing: its entry holds those
+weights, evaluated on the run's validation and test splits like a trained model's, and its initial state is
+the base seed's random initialisation (the published weights have none, so the lottery arm does not apply).
+
 Two processes that need the same base model at once never train it twice nor leave a corrupt entry: an
 exclusive file lock serialises training, training happens in ``KEY.partial/`` (resumable from its epoch
 checkpoint), and the finished entry appears by an atomic rename.
@@ -132,7 +136,7 @@ class BaseModelProvider:
                  epochs: int | None = None, cache_dir: str | os.PathLike | None = None,
                  data_root: str | os.PathLike | None = None, val_size: int | None = None,
                  subset: int | None = None, device: str = "auto", threads: int | None = None,
-                 log: Callable[[str], None] | None = print) -> None:
+                 log: Callable[[str], None] | None = print, weights: str | None = None) -> None:
         self.space = space
         self.dataset = dataset or space.dataset
         self.recipe = recipe or space.recipe
@@ -140,6 +144,7 @@ class BaseModelProvider:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.data_root, self.val_size, self.subset = data_root, val_size, subset
         self.device, self.threads, self.log = device, threads, log
+        self.weights = weights  # published weights serve as the (unregularised) base model
         self.on_epoch: Callable[[dict[str, float]], None] | None = None  # progress of a base training
         self.trainings = 0  # base models this provider trained (the rest came from the cache)
         self.artifact_dir = self.cache_dir / "masks"
@@ -158,12 +163,17 @@ class BaseModelProvider:
         return self._data
 
     def key(self, spec: RegularizerSpec | None = None) -> str:
-        """Content address of the base model trained with ``spec``."""
-        config = {k: v for k, v in asdict(self.config()).items() if k not in ("device", "threads", "compile",
-                                                                                 "eval_batch_size")}
+        """Content address of the base model trained with ``spec`` (or loaded from ``weights``)."""
         identity = {"format": CACHE_FORMAT, "arch": self.space.base.digest(), "dataset": self.dataset,
-                    "val_size": self.val_size, "subset": self.subset, "config": config,
+                    "val_size": self.val_size, "subset": self.subset,
                     "regularizer": spec.to_dict() if spec else None}
+        if self.weights:
+            from prunenas.pretrained import weights_identity
+
+            identity.update(weights=weights_identity(self.weights, self.space.base), seed=self.seed)
+        else:
+            identity["config"] = {k: v for k, v in asdict(self.config()).items()
+                                  if k not in ("device", "threads", "compile", "eval_batch_size")}
         text = json.dumps(identity, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -174,7 +184,10 @@ class BaseModelProvider:
         if not entry.exists():
             with locked(self.cache_dir / f"{key}.lock"):
                 if not entry.exists():  # another process may have finished it while we waited
-                    self._train(key, spec, entry)
+                    if self.weights:
+                        self._load_published(key, spec, entry)
+                    else:
+                        self._train(key, spec, entry)
         return _read_entry(entry, self.space.base)
 
     def _train(self, key: str, spec: RegularizerSpec | None, entry: Path) -> None:
@@ -201,6 +214,34 @@ class BaseModelProvider:
         (partial / "checkpoint.pt").unlink(missing_ok=True)
         os.replace(partial, entry)
         self.trainings += 1
+
+    def _load_published(self, key: str, spec: RegularizerSpec | None, entry: Path) -> None:
+        """An entry holding ``weights``, evaluated on the run's validation and test splits."""
+        from prunenas.pretrained import load_weights_state
+        from prunenas.train import evaluate, resolve_device
+
+        if spec is not None:
+            raise PrunenasError(f"base.weights: {spec.kind} needs a base model trained with its regulariser; "
+                                "published weights serve only methods that prune a plainly trained network")
+        torch.manual_seed(self.seed)
+        model = self.space.base.build()
+        init_state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(load_weights_state(self.weights, self.space.base))
+        device = resolve_device(self.device)
+        data = self.data()
+        val_acc, _ = evaluate(model.to(device), data.val, device)
+        test_acc, _ = evaluate(model, data.test, device)
+        if self.log:
+            self.log(f"base model {key} ({self.space.name}) = {self.weights}: val {val_acc:.2%}, test {test_acc:.2%}")
+        partial = entry.with_name(f"{key}.partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        _save_state(init_state, partial / "init.safetensors")
+        save_weights(model, partial / "trained.safetensors")
+        meta = {"key": key, "space": self.space.name, "arch": self.space.base.to_dict(), "dataset": self.dataset,
+                "regularizer": None, "weights": self.weights, "init": f"random, seed {self.seed}",
+                "val_acc": val_acc, "test_acc": test_acc, "seconds": 0.0, "curve": []}
+        atomic_write_text(partial / "meta.json", json.dumps(meta, indent=2, default=list) + "\n")
+        os.replace(partial, entry)
 
 
     def _progress(self, metrics: dict[str, float]) -> None:
