@@ -416,6 +416,12 @@ def _cross_checks(exp: Experiment) -> None:
                 raise ExperimentError(f"{where}: the grid sampler needs lists of choices, not ranges")
     if exp.sampler == "nsga2" and len(exp.objectives) == 1:
         raise ExperimentError("search.sampler: nsga2 is for two objectives (objectives: [val_acc, macs])")
+    shared = sorted(set(exp.search_seeds) & set(exp.eval_seeds))
+    if exp.select != "all" and shared:
+        # a proposal selected for its search score would be evaluated on the very trainings that scored it
+        raise ExperimentError(f"seeds.eval: {list(exp.eval_seeds)} shares seed(s) {shared} with seeds.search while "
+                              f"search.select is {exp.select}: the winners' search trainings would be reused as "
+                              "their evaluation (a winner's-curse bias); give disjoint seeds or select: all")
     kind, setting = exp.target
     smallest = cost_of(exp.space.arch(exp.space.lower), exp.match)
     for value in _setting_values(setting):
