@@ -23,6 +23,7 @@ from prunenas.recipes import RECIPES
 from prunenas.spaces import Space, load_space
 
 ARMS = ("proposed", "uniform", "random", "finetune", "lottery")
+CONTROLS = ("uniform", "random")  # arms solved to the proposal's cost: their cost error is recorded and checked
 BUDGETS = ("scratch-e", "scratch-b")
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 SELECTIONS = ("all", "top-k", "pareto")
