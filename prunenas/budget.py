@@ -41,11 +41,21 @@ class Twin:
     @property
     def error(self) -> float:
         """Relative error ``achieved / target - 1``."""
-        return self.achieved / self.target - 1
+        return cost_error(self.achieved, self.target)
 
     @property
     def within_tolerance(self) -> bool:
-        return abs(self.error) <= TOLERANCE
+        return within_tolerance(self.error)
+
+
+def cost_error(achieved: float, target: float) -> float:
+    """Relative cost error ``achieved / target - 1`` of a control network against the cost it was solved for."""
+    return achieved / target - 1
+
+
+def within_tolerance(error: float) -> bool:
+    """Whether a relative cost error is within the twins' +-1%."""
+    return abs(error) <= TOLERANCE
 
 
 def cost_of(arch: Architecture, match: Match) -> int:

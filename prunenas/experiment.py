@@ -24,6 +24,7 @@ from prunenas.recipes import RECIPES
 from prunenas.spaces import Space, load_space
 
 ARMS = ("proposed", "uniform", "random", "finetune", "lottery")
+CONTROLS = ("uniform", "random")  # arms solved to the proposal's cost: their cost error is recorded and checked
 BUDGETS = ("scratch-e", "scratch-b")
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 SELECTIONS = ("all", "top-k", "pareto")
@@ -428,6 +429,12 @@ def _cross_checks(exp: Experiment) -> None:
         _check_published_base(exp)
     if exp.sampler == "nsga2" and len(exp.objectives) == 1:
         raise ExperimentError("search.sampler: nsga2 is for two objectives (objectives: [val_acc, macs])")
+    shared = sorted(set(exp.search_seeds) & set(exp.eval_seeds))
+    if exp.select != "all" and shared:
+        # a proposal selected for its search score would be evaluated on the very trainings that scored it
+        raise ExperimentError(f"seeds.eval: {list(exp.eval_seeds)} shares seed(s) {shared} with seeds.search while "
+                              f"search.select is {exp.select}: the winners' search trainings would be reused as "
+                              "their evaluation (a winner's-curse bias); give disjoint seeds or select: all")
     kind, setting = exp.target
     smallest = cost_of(exp.space.arch(exp.space.lower), exp.match)
     for value in _setting_values(setting):

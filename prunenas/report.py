@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunenas.budget import cost_error, within_tolerance
+from prunenas.experiment import CONTROLS
 from prunenas.proposers import load_proposal
 from prunenas.results import MIN_PAIRED_SEEDS, format_percent, has_interval, mean_std, paired_difference
 from prunenas.rundir import RunDir
@@ -47,11 +49,25 @@ class Group:
 
     def values(self, arm: str, budget: str, metric: str) -> dict[int, float]:
         rows = self.arms.get((arm, budget), {})
-        return {seed: row[metric] for seed, row in rows.items() if row.get("status") == "ok"}
+        # a search training reused by a running evaluation has no test accuracy until the evaluation reads it
+        return {seed: row[metric] for seed, row in rows.items()
+                if row.get("status") == "ok" and row.get(metric) is not None}
 
     def row(self, arm: str) -> dict[str, Any] | None:
         """Any row of ``arm`` (its architecture and cost are the same for every seed, random aside)."""
         return next((r for (a, _), rows in sorted(self.arms.items()) if a == arm for r in rows.values()), None)
+
+    def twin_errors(self, arm: str) -> dict[int, float]:
+        """Cost error of ``arm``'s network against the proposal's, per seed (``budget.cost_error``; the cost
+        the twins were solved for: MACs, or params with ``match: params``)."""
+        match = self.target.get("match", "macs")
+        goal = self.macs if match == "macs" else self.params_count
+        rows = {seed: row for (a, _), by_seed in sorted(self.arms.items()) if a == arm for seed, row in by_seed.items()}
+        return {seed: cost_error(row[match], goal) for seed, row in sorted(rows.items())}
+
+    def worst_twin_error(self, arm: str) -> float | None:
+        """The largest cost error (in magnitude) of ``arm`` over seeds; None without rows of ``arm``."""
+        return max(self.twin_errors(arm).values(), key=abs, default=None)
 
     @property
     def target_label(self) -> str:
@@ -102,6 +118,7 @@ def table_rows(groups: Sequence[Group], metric: str) -> list[dict[str, Any]]:
                 record[arm] = {"mean": mean, "std": std, "n": n}
             record["proposed_minus_uniform"] = paired_difference(g.values("proposed", budget, metric),
                                                                  g.values("uniform", budget, metric))
+            record["twin_error"] = {arm: g.worst_twin_error(arm) for arm in CONTROLS}
             out.append(record)
     return out
 
@@ -141,6 +158,39 @@ def markdown_table(groups: Sequence[Group], metric: str = "test_acc") -> str:
 def results_table(run: RunDir, metric: str = "test_acc") -> str:
     groups = collect(run)
     return markdown_table(groups, metric) if groups else "(no evaluated proposals yet)"
+
+
+# -- cost of the controls -------------------------------------------------------------------------------
+
+
+def twin_flags(groups: Sequence[Group]) -> list[str]:
+    """One line per control (uniform twin, random widths) whose cost misses its proposal's by more than ±1%:
+    that comparison is not at equal cost."""
+    flags = []
+    for g in groups:
+        uniform = g.worst_twin_error("uniform")  # one network for every seed
+        misses = [("uniform twin", uniform)] if uniform is not None else []
+        misses += [(f"random widths (seed {seed})", e) for seed, e in g.twin_errors("random").items()]
+        flags += [f"{g.method} at target {g.target_label}: {which} {100 * error:+.2f}% off the proposal's "
+                  f"{g.target.get('match', 'macs')}" for which, error in misses if not within_tolerance(error)]
+    return flags
+
+
+def markdown_controls(groups: Sequence[Group]) -> str:
+    """The cost error of every proposal's controls; ones outside ±1% are marked."""
+    def cell(error: float | None) -> str:
+        if error is None:
+            return "-"
+        return f"{100 * error:+.2f}%" + ("" if within_tolerance(error) else " **outside ±1%**")
+
+    lines = ["| method | target | MACs | params | uniform twin | random widths (worst seed) |",
+             "|---|---|---|---|---|---|"]
+    for g in groups:
+        lines.append(f"| {g.method} | {g.target_label} | {g.macs / 1e6:.2f}M | {g.params_count / 1e6:.3f}M | "
+                     f"{cell(g.worst_twin_error('uniform'))} | {cell(g.worst_twin_error('random'))} |")
+    lines.append("\nCost error = the control's cost / the proposal's cost − 1 (MACs, or params with `match: params`); "
+                 "the design holds them to ±1%; larger errors are marked.")
+    return "\n".join(lines)
 
 
 # -- verdict ----------------------------------------------------------------------------------------------
@@ -250,12 +300,14 @@ def plot_accuracy_vs_macs(groups: Sequence[Group], path: Path, metric: str = "te
                 xs.append(g.macs / 1e6)
                 ys.append(100 * mean)
                 es.append(100 * std)
-                points.append((g.macs / 1e6, 100 * mean))
+                validation = list(g.values("proposed", budget, "val_acc").values())
+                if validation:
+                    points.append((g.macs / 1e6, statistics.fmean(validation), 100 * mean))
         if xs:
             ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=3, label=method)
-    front = _pareto(points)
+    front = [(x, y) for x, _, y in _pareto(points)]
     if len(front) > 1:
-        ax.plot(*zip(*front), "-", color="tab:gray", alpha=0.5, lw=4, label="Pareto front (proposals)")
+        ax.plot(*zip(*front), "-", color="tab:gray", alpha=0.5, lw=4, label="Pareto front (proposals, by validation)")
     ax.set_xlabel("MACs (millions, per image)")
     ax.set_ylabel(f"{METRICS[metric]} (%)")
     ax.set_title(f"{METRICS[metric].capitalize()} vs MACs ({budget}, mean ± std over seeds)")
@@ -282,12 +334,14 @@ def plot_widths(groups: Sequence[Group], path: Path) -> list[Path]:
     return _save(fig, path)
 
 
-def _pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+def _pareto(points: Sequence[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
+    """Points ``(cost, score, payload)`` that no cheaper point matches or beats on score (the selection
+    score: validation accuracy; the payload is what is drawn)."""
     front, best = [], float("-inf")
-    for x, y in sorted(points):
-        if y > best:
-            front.append((x, y))
-            best = y
+    for point in sorted(points, key=lambda p: (p[0], -p[1])):
+        if point[1] > best:
+            front.append(point)
+            best = point[1]
     return front
 
 
@@ -367,12 +421,18 @@ def _markdown(run: RunDir, state: Mapping[str, Any], groups: Sequence[Group]) ->
     parts = [f"# Report: {state.get('name', run.path.name)}",
              f"Run status: {state.get('status')}, phase {state.get('phase')}; {len(rows)} result rows; "
              f"{len(groups)} evaluated proposal(s).", ""]
+    flags = twin_flags(groups)
+    if flags:
+        parts += [f"**Warning: {len(flags)} control(s) not at the proposal's cost within ±1%** (see Cost of the "
+                  "controls):", "", *[f"- {line}" for line in flags], ""]
     if groups:
         parts += ["## Test accuracy (the report's number; never used for selection)", "",
                   markdown_table(groups, "test_acc"), "",
                   "## Validation accuracy (what the search ranked by)", "", markdown_table(groups, "val_acc"), "",
                   "## Verdict", "", *[f"- {line}" for line in verdict(groups)], "",
-                  "Plots: `accuracy_vs_macs.png` (test accuracy vs MACs, uniform twins as a curve, Pareto front), "
+                  "## Cost of the controls", "", markdown_controls(groups), "",
+                  "Plots: `accuracy_vs_macs.png` (test accuracy vs MACs, uniform twins as a curve, the Pareto front "
+                  "of the proposals by validation accuracy), "
                   "`widths.png` (kept fraction per slot). Latency: `latency.md`.", ""]
     if failed:
         parts += ["## Failed or diverged trainings", "", "| key | arm | method | status | error |",
@@ -389,11 +449,13 @@ def _csv(groups: Sequence[Group]) -> str:
     arms = arms_present(groups)
     writer.writerow(["metric", "method", "target", "budget", "macs", "params", "base_val_acc"]
                     + [f"{a}_{k}" for a in arms for k in ("mean", "std", "n")]
-                    + ["diff_mean", "diff_low", "diff_high", "diff_n"])
+                    + ["diff_mean", "diff_low", "diff_high", "diff_n"]
+                    + [f"{arm}_twin_error" for arm in CONTROLS])
     for metric in ("test_acc", "val_acc"):
         for r in table_rows(groups, metric):
             d = r["proposed_minus_uniform"]
             writer.writerow([metric, r["method"], r["target"], r["budget"], r["macs"], r["params"], r["base_val_acc"]]
                             + [r[a][k] for a in arms for k in ("mean", "std", "n")]
-                            + [d["mean"], d["low"], d["high"], d["n"]])
+                            + [d["mean"], d["low"], d["high"], d["n"]]
+                            + [r["twin_error"][arm] for arm in CONTROLS])
     return buffer.getvalue()

@@ -39,6 +39,10 @@ class RunDir:
     def proposal_path(self, proposal_id: str) -> Path:
         return self.path / "proposals" / f"{proposal_id}.json"
 
+    def proposal_ids(self) -> list[str]:
+        """Ids of every proposal saved in the run (sorted)."""
+        return sorted(p.stem for p in (self.path / "proposals").glob("*.json"))
+
     def weights_path(self, key: str) -> Path:
         return self.path / "weights" / f"{key}.safetensors"
 

@@ -42,9 +42,18 @@ from prunenas.plan import (
     target_object,
 )
 from prunenas.proposers import load_proposal
-from prunenas.results import FINAL
 from prunenas.rundir import RunDir
-from prunenas.trials import Context, Training, make_proposal, plan_arms, proposal_id, run_training, training_key
+from prunenas.trials import (
+    Context,
+    Training,
+    evaluated,
+    make_proposal,
+    plan_arms,
+    proposal_id,
+    run_training,
+    search_rows_by_proposal,
+    training_key,
+)
 
 STUDY = "search"
 
@@ -323,35 +332,33 @@ def _search_trial(config: dict, ctx: Context) -> None:
 def _phase_evaluate(ctx: Context) -> int:
     """Train every arm of the selected proposals; returns how many planned trainings have no final row."""
     exp = ctx.experiment
-    rows = [r for r in ctx.run.results.latest().values() if r["phase"] == "search" and r["status"] == "ok"]
-    by_proposal: dict[str, list[dict]] = {}
-    for row in rows:
-        by_proposal.setdefault(row["proposal"], []).append(row)
+    proposals = {pid: load_proposal(ctx.run.proposal_path(pid)) for pid in ctx.run.proposal_ids()}
+    by_proposal = search_rows_by_proposal({pid: p.arch.digest() for pid, p in proposals.items()},
+                                          ctx.run.results.latest().values())
     scores = {pid: (statistics.fmean(r["val_acc"] for r in rs), rs[0]["macs"]) for pid, rs in by_proposal.items()}
     chosen = select_proposals(exp, scores)
     lrs = {pid: rs[0]["recipe"]["lr"] if exp.lr is not None else None for pid, rs in by_proposal.items()}
     plan, trainings = {}, {}
     for pid in chosen:
-        proposal = load_proposal(ctx.run.proposal_path(pid))
-        for training in plan_arms(ctx, proposal, pid, lrs[pid]):
+        for training in plan_arms(ctx, proposals[pid], pid, lrs[pid]):
             key = training_key(ctx, training)
             plan.setdefault(pid, []).append({"arm": training.arm, "budget": training.budget,
                                              "seed": training.seed, "key": key})
             trainings[key] = training
     ctx.run.write_json("plan.json", {"selected": chosen, "select": exp.select, "proposals": plan})
-    todo = _without_final_rows(ctx, trainings)
+    todo = _unevaluated(ctx, trainings)
     print(f"phase 2: evaluation of {len(chosen)} proposal(s): {len(trainings)} training(s), {len(todo)} to run")
     if todo:
         grid = [trainings[k].to_dict() for k in todo]
         results = _tuner(ctx, _evaluation_trial, _attempt_name(ctx, "eval"),
                          {"training": tune.grid_search(grid)}).fit()
         _raise_if_all_failed(results, "phase 2 (evaluation)")
-    return len(_without_final_rows(ctx, trainings))
+    return len(_unevaluated(ctx, trainings))
 
 
-def _without_final_rows(ctx: Context, keys: Any) -> list[str]:
+def _unevaluated(ctx: Context, keys: Any) -> list[str]:
     latest = ctx.run.results.latest()
-    return [k for k in keys if latest.get(k, {}).get("status") not in FINAL]
+    return [k for k in keys if not evaluated(latest.get(k))]
 
 
 def _evaluation_trial(config: dict, ctx: Context) -> None:

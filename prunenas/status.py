@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from prunenas.errors import PrunenasError
-from prunenas.results import FINAL
+from prunenas.report import collect, twin_flags
 from prunenas.rundir import RunDir
+from prunenas.trials import evaluated
 
 
 def run_status(target: str, address: str | None = None) -> dict[str, Any]:
-    """Phase, trainings done/failed, search trials by state and the best proposal so far (by validation)."""
+    """Phase, trainings done/failed, search trials by state, the best proposal so far (by validation) and
+    the controls whose cost misses their proposal's by more than ±1%."""
     if not Path(target).exists():
         if address is None:
             raise PrunenasError(f"{target} is neither a run folder nor (without --address) a job id")
@@ -37,8 +39,11 @@ def run_status(target: str, address: str | None = None) -> dict[str, Any]:
     plan = run.read_json("plan.json")
     if plan:
         keys = {e["key"] for entries in plan["proposals"].values() for e in entries}
-        done = sum(1 for k in keys if latest.get(k, {}).get("status") in FINAL)
+        done = sum(1 for k in keys if evaluated(latest.get(k)))
         info["evaluation"] = f"{done}/{len(keys)} trainings done"
+        flags = twin_flags(collect(run))
+        if flags:
+            info["controls_outside_tolerance"] = flags
     return info
 
 

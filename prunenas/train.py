@@ -207,6 +207,14 @@ def train(
     )
 
 
+def evaluate_on_test(model: nn.Module, data: Data, config: TrainConfig) -> tuple[float, float]:
+    """Test accuracy and mean loss of a trained ``model`` on the device, batch size and precision that
+    :func:`train` evaluates with — for a network trained without reading the test set."""
+    device = resolve_device(config.device)
+    return evaluate(model.to(device), data.to(device).test, device, config.eval_batch_size,
+                    _amp_dtype(config.amp, device))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -12,25 +12,26 @@ import hashlib
 import json
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prunenas.arch import Architecture, from_dict
-from prunenas.budget import cost_of, scratch_epochs, uniform_twin
+from prunenas.budget import cost_error, cost_of, scratch_epochs, uniform_twin
 from prunenas.cost import count
 from prunenas.data import Data, load_data
 from prunenas.environment import environment
-from prunenas.experiment import Experiment
+from prunenas.experiment import CONTROLS, Experiment
 from prunenas.fileio import locked
 from prunenas.proposers import Proposal, Target, load_proposal, propose
 from prunenas.proposers.basemodel import BaseModelProvider
 from prunenas.proposers.proposal import achieved
 from prunenas.recipes import RECIPES
+from prunenas.results import FINAL
 from prunenas.rundir import RunDir
-from prunenas.train import TrainConfig, TrainingDiverged, train
-from prunenas.weights import save_weights
+from prunenas.train import TrainConfig, TrainingDiverged, evaluate_on_test, train
+from prunenas.weights import load_weights, save_weights
 
 INITS = {"proposed": "scratch", "uniform": "scratch", "random": "scratch", "finetune": "trained", "lottery": "init"}
 
@@ -97,6 +98,21 @@ def proposal_id(proposal: Proposal) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def search_rows_by_proposal(digests: Mapping[str, str], rows: Iterable[Mapping[str, Any]]) -> dict[str, list]:
+    """The search rows of every proposal ``{proposal id: architecture digest}`` that has any: the ok search
+    rows of its architecture, whichever proposal trained them.
+
+    A from-scratch training's key ignores the method, so a network that two methods propose (presets are
+    offered to every method that has them) is trained once, under the proposal that came first; both
+    proposals are scored by it, so both are selected, evaluated (sharing their scratch trainings) and reported.
+    """
+    by_digest: dict[str, list] = {}
+    for row in rows:
+        if row["phase"] == "search" and row["status"] == "ok":
+            by_digest.setdefault(row["digest"], []).append(row)
+    return {pid: by_digest[digest] for pid, digest in digests.items() if digest in by_digest}
+
+
 # -- trainings ------------------------------------------------------------------------------------------
 
 
@@ -111,6 +127,7 @@ class Training:
     lr: float | None = None
     proposal: str | None = None  # proposal id (group of twins; whose kept channels the inherit arms use)
     method: str | None = None
+    twin_error: float | None = None  # uniform/random arms: cost / the proposal's cost - 1 (budget.cost_error)
 
     @property
     def init(self) -> str:
@@ -166,6 +183,9 @@ def run_training(ctx: Context, training: Training, phase: str,
                  on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train ``training`` (resuming its checkpoint) unless its key already has a final row; return the row.
 
+    Only the evaluation phase (``phase == "eval"``) reads the test set: a search row reused as an evaluation
+    row gets its test accuracy from its saved weights then (:func:`add_test_accuracy`).
+
     Raises TrainingDiverged (recorded as ``diverged``) and any other error (recorded as ``failed`` with its
     traceback in ``errors/KEY.txt``) after writing the row, so the caller (a Ray trial) fails visibly.
     """
@@ -182,6 +202,8 @@ def _train_unless_final(ctx: Context, training: Training, phase: str,
     if existing is not None:
         if existing["status"] == "diverged":
             raise TrainingDiverged(existing["diverged_epoch"], existing["diverged_step"], float("nan"))
+        if phase == "eval" and not evaluated(existing):
+            return add_test_accuracy(ctx, existing, config)
         return existing
     cost = count(training.arch)
     row: dict[str, Any] = {"key": key, "phase": phase, "arm": training.arm, "budget": training.budget,
@@ -189,13 +211,15 @@ def _train_unless_final(ctx: Context, training: Training, phase: str,
                            "arch": arch_dict(training.arch), "digest": training.arch.digest(), "macs": cost.macs,
                            "params": cost.params, "epochs": config.epochs, "recipe": _recipe_dict(config),
                            "init": training.init, "environment": {**environment(config.device), "node": ctx.node}}
+    if training.twin_error is not None:
+        row["twin_error"] = training.twin_error
     started = time.time()
     try:
         from prunenas.faults import fault_point
 
         fault_point("trial.start", key=key, arm=training.arm, method=training.method)
         result = train(_initial(ctx, training), ctx.data(), config, checkpoint=ctx.run.checkpoint_path(key),
-                       arch=training.arch, on_epoch=on_epoch)
+                       arch=training.arch, on_epoch=on_epoch, evaluate_test=phase == "eval")
     except TrainingDiverged as err:
         store.append({**row, "status": "diverged", "diverged_epoch": err.epoch, "diverged_step": err.step,
                       "error": str(err), "seconds": time.time() - started})
@@ -216,6 +240,23 @@ def _train_unless_final(ctx: Context, training: Training, phase: str,
     store.append(row)
     ctx.run.checkpoint_path(key).unlink(missing_ok=True)
     return row
+
+
+def evaluated(row: Mapping[str, Any] | None) -> bool:
+    """Whether an evaluation training is done: its row is final and, if ok, has its test accuracy (a search
+    row reused by the evaluation gets it in the evaluation phase)."""
+    return row is not None and row["status"] in FINAL and (row["status"] != "ok" or row.get("test_acc") is not None)
+
+
+def add_test_accuracy(ctx: Context, row: Mapping[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """``row`` (a search training reused by the evaluation) with the test accuracy of its saved weights,
+    appended to the store; the test set is read here, in the evaluation phase, and not before."""
+    model = load_weights(from_dict(row["arch"], base_dir=ctx.run.path / "proposals").build(),
+                         ctx.run.path / row["weights"])
+    test_acc, test_loss = evaluate_on_test(model, ctx.data(), config)
+    updated = {**row, "test_acc": test_acc, "test_loss": test_loss, "test_from_weights": True}
+    ctx.run.results.append(updated)
+    return updated
 
 
 def arch_dict(arch: Architecture) -> dict[str, Any]:
@@ -259,14 +300,17 @@ def plan_arms(ctx: Context, proposal: Proposal, pid: str, lr: float | None = Non
     trained / initial weights — only for proposals that came from a network.
     """
     e = ctx.experiment
+    match = proposal.target.match
+    goal = cost_of(proposal.arch, match)
     out: list[Training] = []
     for arm in e.arms:
         if arm in ("finetune", "lottery") and proposal.kept is None and proposal.arch.masks is None:
             continue  # nothing to inherit (uniform/random/direct proposals)
         budgets = ("finetune",) if arm == "finetune" else [b for b in e.budgets if applies(e, b, proposal)]
         for seed in e.eval_seeds:
-            arch = _arm_arch(ctx, proposal, arm, seed)
-            out += [Training(arch, arm, budget, seed, lr, pid, proposal.method) for budget in budgets]
+            arch = _arm_arch(ctx, proposal, arm, seed, goal)
+            error = cost_error(cost_of(arch, match), goal) if arm in CONTROLS else None
+            out += [Training(arch, arm, budget, seed, lr, pid, proposal.method, error) for budget in budgets]
     return out
 
 
@@ -280,9 +324,8 @@ def applies(experiment: Experiment, budget: str, proposal: Proposal) -> bool:
     return value in only
 
 
-def _arm_arch(ctx: Context, proposal: Proposal, arm: str, seed: int) -> Architecture:
+def _arm_arch(ctx: Context, proposal: Proposal, arm: str, seed: int, goal: int) -> Architecture:
     space, match = ctx.experiment.space, proposal.target.match
-    goal = cost_of(proposal.arch, match)
     if arm == "uniform":
         if proposal.arch.masks is not None:
             from prunenas.proposers.magnitude import uniform_mask_twin

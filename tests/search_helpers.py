@@ -42,6 +42,14 @@ def study(run):
     return optuna.load_study(study_name="search", storage=storage)
 
 
+def trained_keys(run):
+    """The key of every ok row that is a training (a row that only adds the test accuracy of a reused
+    search training is not), in order: a key twice means it was trained twice."""
+    from prunenas.rundir import RunDir
+
+    return [r["key"] for r in RunDir(run).results.rows() if r["status"] == "ok" and not r.get("test_from_weights")]
+
+
 def expected_keys(run):
     plan = json.loads((run / "plan.json").read_text())
     return {e["key"] for entries in plan["proposals"].values() for e in entries}

@@ -43,9 +43,21 @@ def test_selection_all_top_k_and_pareto():
     scores = {"a": (0.90, 100), "b": (0.92, 200), "c": (0.88, 50), "d": (0.91, 300)}
     exp = experiment_from_dict(BASE)
     assert select_proposals(exp, scores) == ["b", "d", "a", "c"]
-    assert select_proposals(experiment_from_dict({**BASE, "search": {"select": "top-k", "top_k": 2}}), scores) == [
-        "b", "d"]
-    assert select_proposals(experiment_from_dict({**BASE, "search": {"select": "pareto"}}), scores) == ["b", "a", "c"]
+    disjoint = {**BASE, "seeds": {"search": [0], "eval": [1, 2]}}
+    assert select_proposals(experiment_from_dict({**disjoint, "search": {"select": "top-k", "top_k": 2}}),
+                            scores) == ["b", "d"]
+    assert select_proposals(experiment_from_dict({**disjoint, "search": {"select": "pareto"}}), scores) == [
+        "b", "a", "c"]
+
+
+@pytest.mark.parametrize("select", ["top-k", "pareto"])
+def test_selected_proposals_are_not_evaluated_on_their_search_seeds(select):
+    # a search training reused as the winner's evaluation row would carry the luck that selected it
+    overlapping = {**BASE, "seeds": {"search": [0, 1], "eval": [1, 2, 3]}, "search": {"select": select}}
+    with pytest.raises(ExperimentError, match=rf"seeds.eval: \[1, 2, 3\] shares seed\(s\) \[1\] with "
+                                              rf"seeds.search while search.select is {select}"):
+        experiment_from_dict(overlapping)
+    assert experiment_from_dict({**overlapping, "search": {"select": "all"}}).eval_seeds == (1, 2, 3)
 
 
 def test_expected_values_need_a_tag():

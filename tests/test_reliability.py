@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from prunenas.report import write_report
 from prunenas.rundir import RunDir
 
-from .search_helpers import EXPERIMENT, cli, expected_keys, study, write
+from .search_helpers import EXPERIMENT, cli, expected_keys, study, trained_keys, write
 
 pytestmark = pytest.mark.usefixtures("ray_env")
 
@@ -97,7 +97,7 @@ def test_driver_killed_in_the_evaluation_phase_resumes(tmp_path):
     before = {r["key"] for r in RunDir(run).results.rows() if r["status"] == "ok"}
     proc = cli("resume", run, "--no-dashboard")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ok = [r["key"] for r in RunDir(run).results.rows() if r["status"] == "ok"]
+    ok = trained_keys(run)
     assert len(ok) == len(set(ok)) and before <= set(ok) and expected_keys(run) <= set(ok)
 
 
@@ -146,7 +146,7 @@ def test_two_nodes_share_the_trials_and_a_lost_node_is_survived(tmp_path):
         assert driver.returncode == 0, output[-3000:]
         rows = RunDir(run).results.rows()
         assert len({r["environment"]["node"] for r in rows}) >= 2  # trials spread over both nodes
-        ok = [r["key"] for r in rows if r["status"] == "ok"]
+        ok = trained_keys(run)
         assert len(ok) == len(set(ok)) and expected_keys(run) <= set(ok)
         assert json.loads((run / "run.json").read_text())["status"] == "finished"
     finally:

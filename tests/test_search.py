@@ -16,7 +16,7 @@ from prunenas.export import verify
 from prunenas.report import collect, results_table
 from prunenas.rundir import RunDir
 
-from .search_helpers import EXPERIMENT, cli, expected_keys, study, write
+from .search_helpers import EXPERIMENT, cli, expected_keys, study, trained_keys, write
 
 pytestmark = pytest.mark.usefixtures("ray_env")
 
@@ -86,8 +86,7 @@ def test_driver_killed_mid_search_resumes_without_retraining(tmp_path):
     assert json.loads((run / "run.json").read_text())["status"] == "running"
     proc = cli("resume", run, "--no-dashboard")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = RunDir(run).results.rows()
-    ok = [r["key"] for r in rows if r["status"] == "ok"]
+    ok = trained_keys(run)
     assert len(ok) == len(set(ok)), "a training ran twice"
     assert {r["key"] for r in before if r["status"] == "ok"} <= set(ok)
     assert expected_keys(run) <= set(ok)

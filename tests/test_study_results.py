@@ -100,3 +100,14 @@ def test_masked_twins_are_drawn_apart_from_dense_twins(monkeypatch, tmp_path):
     dense = {g.row("uniform")["macs"] for g in groups if g.method != "magnitude"}
     assert sorted(lines["uniform-sparsity twin (masked)"].get_xdata()) == sorted(m / 1e6 for m in masked)
     assert sorted(lines["uniform twin"].get_xdata()) == sorted(m / 1e6 for m in dense)
+
+
+def test_the_resnet_studys_sss_twin_outside_one_percent_is_flagged_in_report_and_status():
+    run = RunDir(RESULTS / "fashionmnist-resnet-study")
+    sss = next(g for g in collect(run) if g.method == "sss")
+    assert sss.row("uniform")["macs"] / sss.macs - 1 > 0.011  # the audit's +1.12%, from the committed rows
+    flag = "sss at target 0.6: uniform twin +1.12% off the proposal's macs"
+    assert flag in run_status(str(run.path))["controls_outside_tolerance"]
+    assert f"- {flag}\n" in (run.path / "report" / "report.md").read_text()
+    for other in sorted(set(STUDIES) - {"fashionmnist-resnet-study"}):
+        assert "controls_outside_tolerance" not in run_status(str(RESULTS / other))

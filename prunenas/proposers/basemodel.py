@@ -202,7 +202,7 @@ class BaseModelProvider:
         if self.log:
             self.log(what + (f", regulariser {spec.kind} {dict(spec.params)})" if spec else ")"))
         result = train(model, self.data(), config, regularizer=regularizer, checkpoint=partial / "checkpoint.pt",
-                       arch=self.space.base, on_epoch=self._progress)
+                       arch=self.space.base, on_epoch=self._progress, evaluate_test=False)  # selection only
         trained = result.model
         _save_state(init_state, partial / "init.safetensors")
         save_weights(trained, partial / "trained.safetensors")
