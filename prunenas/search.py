@@ -231,6 +231,8 @@ class _Searcher(OptunaSearch):
         final = result if (result and result.get("final") and not error) else None
         if result and not final and not error:  # stopped: Tune does not pass the stopping result on
             self._report_intermediate(trial_id, result)
+        if result and result.get("proposal") and trial_id in self._ot_trials:  # links the study to the rows
+            self._ot_trials[trial_id].set_user_attr("proposal", result["proposal"])
         self._last_step.pop(trial_id, None)
         super().on_trial_complete(trial_id, final, error)
 

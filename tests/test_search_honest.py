@@ -15,6 +15,7 @@ from prunenas.plan import budget_excess, suggest, target_excess, width_grid
 from prunenas.proposers import Proposal, Target
 from prunenas.rundir import RunDir
 from prunenas.spaces import load_space
+from prunenas.status import run_status
 
 from .search_helpers import EXPERIMENT, cli, study, write
 
@@ -45,6 +46,7 @@ def test_asha_stops_weak_trials_and_over_budget_widths_are_never_trained(tmp_pat
     state = json.loads((run / "run.json").read_text())
     assert state["status"] == "finished"
     assert state["search"] == {"complete": 1, "stopped early": 1, "over budget": 1, "failed": 0}
+    assert run_status(str(run))["search_outcomes"] == state["search"]
     over, complete, stopped = study(run).trials
     rows = RunDir(run).results.rows()
     search = [r for r in rows if r["phase"] == "search"]
@@ -54,7 +56,8 @@ def test_asha_stops_weak_trials_and_over_budget_widths_are_never_trained(tmp_pat
     assert all(tuple(r["arch"]["widths"]) != tuple(FULL.values()) for r in rows)  # never trained nor evaluated
 
     assert complete.state == optuna.trial.TrialState.COMPLETE
-    own = sorted((r for r in search if r["recipe"]["lr"] == 0.1), key=lambda r: r["seed"])
+    own = sorted((r for r in search if r["proposal"] == complete.user_attrs["proposal"]), key=lambda r: r["seed"])
+    assert all(r["recipe"]["lr"] == 0.1 for r in own)
     assert [r["seed"] for r in own] == [0, 1]
     assert complete.value == pytest.approx(statistics.fmean(r["val_acc"] for r in own), abs=1e-12)
     assert complete.intermediate_values == {1: pytest.approx(own[0]["val_acc"], abs=1e-12)}  # seed 0's epoch 1
