@@ -9,9 +9,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from prunenas.budget import cost_of
+from prunenas.budget import TOLERANCE, cost_of
 from prunenas.experiment import Experiment, Range, Setting
-from prunenas.proposers import PROPOSERS, Target
+from prunenas.proposers import PROPOSERS, Proposal, Target
+from prunenas.recipes import RECIPES
+from prunenas.spaces import Space
 
 # -- the sampled space ----------------------------------------------------------------------------------
 
@@ -44,17 +46,21 @@ def suggest(trial: Any, exp: Experiment) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if method == "direct":
         space = exp.space
-        raw = [trial.suggest_int(f"direct/w{i}", lo, hi) for i, (lo, hi) in enumerate(zip(space.lower, space.upper))]
-        widths = space.base.family_obj.repair_widths(space.base.opts, list(space.round_widths(raw)))
+        grids = [width_grid(space, i) for i in range(len(space.upper))]
+        raw = [trial.suggest_int(f"direct/w{i}", low, high, step=step) for i, (low, high, step) in enumerate(grids)]
+        widths = space.base.family_obj.repair_widths(space.base.opts, raw)
         params["widths"] = list(widths)
+        trial.set_user_attr("widths", list(widths))  # what is trained: the family's repair may raise some
         target = budget_value(exp)
         cost = cost_of(space.arch(widths), exp.match)
+        if budget_excess(exp, cost) > 0:
+            trial.set_user_attr("over_budget", True)
     else:
         for key, setting in exp.proposers[method].items():
             params[key] = _suggest(trial, f"{method}/{key}", setting)
         target = _suggest(trial, f"{method}/target", target_setting(exp, method))
         cost = target_cost(exp, target)
-    trial.set_constraint("macs" if exp.match == "macs" else "params", cost / budget_cost(exp) - 1)
+    trial.set_constraint("macs" if exp.match == "macs" else "params", budget_excess(exp, cost))
     lr = _suggest(trial, "lr", exp.lr) if exp.lr is not None else None
     return {"trial": {"method": method, "params": params, "target": target, "lr": lr}}
 
@@ -67,6 +73,37 @@ def _suggest(trial: Any, name: str, setting: Setting) -> Any:
     if isinstance(setting, list):
         return trial.suggest_categorical(name, setting)
     return setting
+
+
+def width_grid(space: Space, slot: int) -> tuple[int, int, int]:
+    """(low, high, step) of a directly sampled width: the multiples of ``space.multiple_of`` within the slot's
+    bounds, so every sampled width is one the space's rounding keeps as it is (a slot narrower than the
+    multiple has its base width only)."""
+    step, lower, upper = space.multiple_of, space.lower[slot], space.upper[slot]
+    low = -(-lower // step) * step
+    if low > upper:
+        return upper, upper, 1
+    return low, low + (upper - low) // step * step, step
+
+
+def budget_excess(exp: Experiment, cost: float) -> float:
+    """How far ``cost`` exceeds the search's budget beyond the twin tolerance (budget.TOLERANCE), as a fraction
+    of the budget: > 0 is infeasible. The Optuna constraint of every trial."""
+    return cost / budget_cost(exp) - 1 - TOLERANCE
+
+
+def target_excess(exp: Experiment, proposal: Proposal) -> float:
+    """How far ``proposal`` exceeds its own cost target beyond the twin tolerance, as a fraction of the target:
+    > 0 means it would be evaluated under a target it does not meet. Presets meet themselves by definition."""
+    target = proposal.target
+    if not target.is_cost:
+        return -TOLERANCE
+    return cost_of(proposal.arch, target.match) / target.absolute(exp.space) - 1 - TOLERANCE
+
+
+def search_epochs(exp: Experiment) -> int:
+    """Epochs of one search training (Scratch-E of the experiment's recipe)."""
+    return exp.epochs or RECIPES.get(exp.recipe).epochs
 
 
 def budget_value(exp: Experiment) -> Any:
@@ -201,7 +238,6 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
     """Planned trials per phase and their cost in forward MACs x images x epochs (training ~3x that)."""
     from prunenas.budget import scratch_epochs
     from prunenas.cost import count
-    from prunenas.recipes import RECIPES
 
     base_macs = count(exp.space.base).macs
     base_recipe = RECIPES.get(exp.base_recipe)

@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +32,21 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from prunenas import monitor
+from prunenas.budget import cost_of
 from prunenas.cost import count
 from prunenas.experiment import Experiment, experiment_from_dict
 from prunenas.plan import (
     base_model_specs,
+    budget_excess,
     enqueued_points,
     grid_points,
+    search_epochs,
     select_proposals,
     suggest,
+    target_excess,
     target_object,
 )
-from prunenas.proposers import load_proposal
+from prunenas.proposers import Proposal, load_proposal
 from prunenas.rundir import RunDir
 from prunenas.trials import (
     Context,
@@ -56,6 +61,8 @@ from prunenas.trials import (
 )
 
 STUDY = "search"
+# ASHA's view of a search trial (see _search_progress): a global step over its seeds and the running mean accuracy
+STEP, RUNNING_ACC = "search_step", "running_val_acc"
 
 
 def run_search(exp: Experiment, out: str | os.PathLike | None = None, *, address: str | None = None,
@@ -171,8 +178,10 @@ class _TrialSummary(tune.Callback):
         print(f"[prunenas] FAILED {trial.trial_id}: see {getattr(trial, 'path', '')}", flush=True)
 
 
-def _report_epochs(prefix: dict[str, Any], macs: int | None = None):
-    """Per-epoch progress: a Tune result (for the progress table, ASHA, TensorBoard) and Ray metrics."""
+def _report_epochs(prefix: dict[str, Any], macs: int | None = None,
+                   extra: Callable[[dict[str, float]], dict[str, Any]] | None = None):
+    """Per-epoch progress: a Tune result (for the progress table, ASHA, TensorBoard) and Ray metrics;
+    ``extra(metrics)`` adds phase-specific entries to the result."""
     tags = {"run": prefix.get("run", ""), "phase": prefix.get("phase", ""), "method": prefix.get("method", ""),
             "arm": prefix.get("arm", ""), "trial": tune.get_context().get_trial_name()}
 
@@ -180,7 +189,7 @@ def _report_epochs(prefix: dict[str, Any], macs: int | None = None):
         monitor.publish_epoch(tags, metrics, macs)
         tune.report({**prefix, "epoch_val_acc": metrics["val_acc"], "epoch": metrics["epoch"],
                      "train_loss": metrics["train_loss"], "images_per_s": metrics["images_per_s"],
-                     "score": metrics["val_acc"], "final": False})
+                     "score": metrics["val_acc"], "final": False, **(extra(metrics) if extra else {})})
     return report
 
 
@@ -228,15 +237,34 @@ def _tuple(value: Any) -> Any:
 
 
 class _Searcher(OptunaSearch):
-    """OptunaSearch that tells Optuna only final scores: per-epoch reports are not the objective, a trial
-    stopped early (ASHA) is PRUNED, and a failed or diverged trial is FAIL — never a score."""
+    """OptunaSearch that tells Optuna final scores only as values: the running mean accuracy at each global
+    step is an intermediate value (``trial.report``; single objective only), so a trial stopped early (ASHA) is
+    PRUNED with its last one; a failed or diverged trial is FAIL, and an over-budget direct trial (never
+    trained) PRUNED without a value — never a score."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_step: dict[str, int] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        return
+        self._report_intermediate(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         final = result if (result and result.get("final") and not error) else None
+        if result and not final and not error:  # stopped: Tune does not pass the stopping result on
+            self._report_intermediate(trial_id, result)
+        if result and result.get("proposal") and trial_id in self._ot_trials:  # links the study to the rows
+            self._ot_trials[trial_id].set_user_attr("proposal", result["proposal"])
+        self._last_step.pop(trial_id, None)
         super().on_trial_complete(trial_id, final, error)
+
+    def _report_intermediate(self, trial_id: str, result: dict) -> None:
+        step = result.get(STEP)
+        if isinstance(self.metric, list) or step is None or result.get("final") or \
+                step <= self._last_step.get(trial_id, 0) or trial_id not in self._ot_trials:
+            return
+        self._ot_trials[trial_id].report(result[RUNNING_ACC], step)
+        self._last_step[trial_id] = step
 
 
 def _storage(run: RunDir) -> optuna.storages.BaseStorage:
@@ -294,15 +322,53 @@ def _phase_search(ctx: Context) -> None:
     metric, mode = (["score", "macs"], ["max", "min"]) if len(exp.objectives) == 2 else ("score", "max")
     searcher = _Searcher(space=functools.partial(suggest, exp=exp), metric=metric, mode=mode,
                          sampler=_sampler(exp), study_name=STUDY, storage=_storage(ctx.run))
-    scheduler = None
-    if exp.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(metric="epoch_val_acc", mode="max", grace_period=1,
-                                  max_t=max(1, (exp.epochs or 1)) * len(exp.search_seeds))
+    scheduler = _asha(exp) if exp.scheduler == "asha" else None
     results = _tuner(ctx, _search_trial, _attempt_name(ctx, "search"), {}, search_alg=searcher,
                      scheduler=scheduler, num_samples=remaining).fit()
     _raise_if_all_failed(results, "phase 1 (search)")
+    summary = search_summary(ctx.run)
+    ctx.run.write_state(search=summary)
+    print("phase 1: " + ", ".join(f"{n} {state}" for state, n in summary.items()))
+
+
+def _asha(exp: Experiment) -> Any:
+    """ASHA over the global step ``epoch + seed_index x epochs`` of a search trial (its seeds train in turn),
+    comparing the running mean validation accuracy (see :func:`_search_progress`). ``max_t`` is the last
+    step, which only the trial's final report carries: a trial that reaches it has written all its rows."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr=STEP, metric=RUNNING_ACC, mode="max", grace_period=1,
+                         max_t=search_epochs(exp) * len(exp.search_seeds))
+
+
+def search_summary(run: RunDir) -> dict[str, int]:
+    """Search trials by outcome: complete (a score), stopped early (ASHA), over budget (never trained), failed."""
+    study = optuna.load_study(study_name=STUDY, storage=_storage(run))
+    summary = {"complete": 0, "stopped early": 0, "over budget": 0, "failed": 0}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            summary["complete"] += 1
+        elif trial.state == optuna.trial.TrialState.PRUNED:
+            summary["over budget" if trial.user_attrs.get("over_budget") else "stopped early"] += 1
+        elif trial.state == optuna.trial.TrialState.FAIL:
+            summary["failed"] += 1
+    return summary
+
+
+def _search_progress(exp: Experiment, finished: list[float], seed_index: int):
+    """Per-epoch entries of a search trial for ASHA and Optuna: the global step ``epoch + seed_index x epochs``
+    and the mean validation accuracy of the seeds so far (finished seeds' final, this seed's current epoch).
+    Every trial trains the same seeds in the same order, so trials at the same step are compared on the same
+    footing; at the last step the mean is the trial's score. That step is left to the final report (a trial
+    stopped inside this epoch's report would never write its last row)."""
+    epochs = search_epochs(exp)
+    last = epochs * len(exp.search_seeds)
+
+    def progress(metrics: dict[str, float]) -> dict[str, Any]:
+        step = int(metrics["epoch"]) + seed_index * epochs
+        running = statistics.fmean([*finished, metrics["val_acc"]])
+        return {RUNNING_ACC: running, "score": running, **({STEP: step} if step < last else {})}
+    return progress
 
 
 def _search_trial(config: dict, ctx: Context) -> None:
@@ -311,17 +377,23 @@ def _search_trial(config: dict, ctx: Context) -> None:
     target = spec["target"]
     proposal = make_proposal(ctx, spec["method"], spec["params"], target_object(exp, target))
     pid = proposal_id(proposal)
-    accuracies = []
-    prefix = {"run": ctx.run.path.name, "phase": "search", "method": proposal.method, "proposal": pid}
     macs = count(proposal.arch).macs
+    if spec["method"] == "direct" and budget_excess(exp, cost_of(proposal.arch, exp.match)) > 0:
+        # Tune wants the metrics in every result: none has a value, so Optuna records PRUNED without one
+        tune.report({"score": None, RUNNING_ACC: None, "macs": macs, "proposal": pid, "final": False,
+                     "summary": f"direct {list(proposal.arch.widths)}: over the budget, not trained"})
+        return
+    accuracies: list[float] = []
+    prefix = {"run": ctx.run.path.name, "phase": "search", "method": proposal.method, "proposal": pid,
+              "macs": macs}
     with _counted(_trial_tags(ctx, "search", proposal.method, "proposed")):
         for i, seed in enumerate(exp.search_seeds):
             training = Training(proposal.arch, "proposed", "scratch-e", seed, spec["lr"], pid, proposal.method)
-            row = run_training(ctx, training, "search", on_epoch=_report_epochs({**prefix, "seed_index": i}, macs))
-            accuracies.append(row["val_acc"])
+            on_epoch = _report_epochs({**prefix, "seed_index": i}, macs, _search_progress(exp, accuracies, i))
+            accuracies.append(run_training(ctx, training, "search", on_epoch=on_epoch)["val_acc"])
     score = statistics.fmean(accuracies)
-    macs = row["macs"]
-    tune.report({"score": score, "val_acc": score, "macs": macs, "proposal": pid, "final": True,
+    tune.report({"score": score, "val_acc": score, RUNNING_ACC: score, STEP: search_epochs(exp) * len(accuracies),
+                 "macs": macs, "proposal": pid, "final": True,
                  "summary": f"{proposal.method} {dict(spec['params'])} target {target}: val {score:.2%} "
                             f"(n={len(accuracies)}), {macs / 1e6:.2f}M MACs"})
 
@@ -335,7 +407,8 @@ def _phase_evaluate(ctx: Context) -> int:
     proposals = {pid: load_proposal(ctx.run.proposal_path(pid)) for pid in ctx.run.proposal_ids()}
     by_proposal = search_rows_by_proposal({pid: p.arch.digest() for pid, p in proposals.items()},
                                           ctx.run.results.latest().values())
-    scores = {pid: (statistics.fmean(r["val_acc"] for r in rs), rs[0]["macs"]) for pid, rs in by_proposal.items()}
+    scores = {pid: (statistics.fmean(r["val_acc"] for r in rs), rs[0]["macs"])
+              for pid, rs in by_proposal.items() if _selectable(ctx, pid, proposals[pid], rs)}
     chosen = select_proposals(exp, scores)
     lrs = {pid: rs[0]["recipe"]["lr"] if exp.lr is not None else None for pid, rs in by_proposal.items()}
     plan, trainings = {}, {}
@@ -354,6 +427,19 @@ def _phase_evaluate(ctx: Context) -> int:
                          {"training": tune.grid_search(grid)}).fit()
         _raise_if_all_failed(results, "phase 2 (evaluation)")
     return len(_unevaluated(ctx, trainings))
+
+
+def _selectable(ctx: Context, pid: str, proposal: Proposal, rows: list[dict]) -> bool:
+    """A proposal is selected only on a full search score (every search seed: a trial stopped by ASHA in a
+    later seed is not) and only if it meets its cost target within the twin tolerance."""
+    exp = ctx.experiment
+    if {r["seed"] for r in rows} != set(exp.search_seeds):
+        return False
+    excess = target_excess(exp, proposal)
+    if excess > 0:
+        print(f"  proposal {pid} ({proposal.method}) exceeds its target by {excess:.1%} beyond the tolerance: "
+              "not selected")
+    return excess <= 0
 
 
 def _unevaluated(ctx: Context, keys: Any) -> list[str]:

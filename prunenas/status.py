@@ -33,6 +33,8 @@ def run_status(target: str, address: str | None = None) -> dict[str, Any]:
     best = max(searched, key=lambda r: (r["val_acc"], -r["macs"]), default=None)
     info: dict[str, Any] = {"run": str(run.path), "status": state.get("status"), "phase": state.get("phase"),
                             "trainings": dict(statuses), "search_trials": _study_states(run)}
+    if "search" in state:  # written after phase 1: trials stopped early (ASHA) and over budget are both PRUNED
+        info["search_outcomes"] = state["search"]
     if best:
         info["best_so_far"] = (f"{best['method']} proposal {best['proposal']}: val {best['val_acc']:.2%} at "
                                f"{best['macs'] / 1e6:.2f}M MACs")

@@ -30,6 +30,7 @@ def test_a_network_two_methods_propose_is_trained_once_and_reported_for_both(tmp
     pids = [_saved(run, first), _saved(run, second)]
     # the search trained the network once, under the first proposal (the key ignores the method)
     run.results.append({"key": "k" * 16, "phase": "search", "status": "ok", "proposal": pids[0], "method": "random",
+                        "seed": EXP.search_seeds[0],
                         "digest": first.arch.digest(), "val_acc": 0.8, "macs": count(first.arch).macs,
                         "recipe": {"lr": 0.1}})
     monkeypatch.setattr(search, "_unevaluated", lambda ctx, keys: [])  # plan only: train nothing
