@@ -224,21 +224,26 @@ def accuracy_parity(device: torch.device, sizes: Sizes, data_root: str | None = 
     """Test accuracy of ResNet-20 on Fashion-MNIST trained by the trainer and by the seed-style loop, per seed."""
     space = load_space("resnet20-fashionmnist")
     data = load_data(space.dataset, space.input_shape, space.num_classes, subset=sizes.parity_images, root=data_root)
+    return {"model": "resnet20-fashionmnist", **parity(space.base, data, device, sizes)}
+
+
+def parity(arch: Architecture, data: Data, device: torch.device, sizes: Sizes) -> dict[str, Any]:
+    """``arch`` trained by both pipelines for each seed (same initialisation); their mean test accuracies."""
     trainer_acc, seed_acc = [], []
     for seed in range(sizes.parity_seeds):
         config = TrainConfig.from_recipe(RECIPE, epochs=sizes.parity_epochs, seed=seed, batch_size=sizes.batch_size,
                                          device=str(device), threads=sizes.threads)
         log(f"parity seed {seed}: trainer, {len(data.train)} images, {config.epochs} epochs")
-        trainer_acc.append(train(space.base, data, config).test_acc)
+        trainer_acc.append(train(arch, data, config).test_acc)
         log(f"parity seed {seed}: seed-style")
-        model, _ = seed_style_train(space.base, data.train, config, device, sizes.workers)
+        model, _ = seed_style_train(arch, data.train, config, device, sizes.workers)
         seed_acc.append(evaluate(model, data.test, device)[0])
         log(f"parity seed {seed}: test accuracy trainer {trainer_acc[-1]:.4f}, seed-style {seed_acc[-1]:.4f}")
     trainer_mean, seed_mean = sum(trainer_acc) / len(trainer_acc), sum(seed_acc) / len(seed_acc)
     noise = parity_noise(trainer_mean, seed_mean, len(data.test) * sizes.parity_seeds)
     difference = trainer_mean - seed_mean
-    return {"model": "resnet20-fashionmnist", "epochs": sizes.parity_epochs, "train_images": len(data.train),
-            "test_images": len(data.test), "seeds": sizes.parity_seeds,
+    return {"epochs": sizes.parity_epochs, "train_images": len(data.train), "test_images": len(data.test),
+            "seeds": sizes.parity_seeds,
             "figures": {"trainer_test_acc": trainer_mean, "seed_test_acc": seed_mean, "difference": difference,
                         "noise": noise},
             "per_seed": {"trainer_test_acc": trainer_acc, "seed_test_acc": seed_acc}, "ratios": {},
