@@ -14,12 +14,12 @@ JSON is rewritten after every part, so a run cut short keeps what it measured):
                        paired by seed (same initialisation). Goal: the mean test accuracies differ by no more than
                        the noise, the 95% two-proportion half-width over the pooled test predictions (bf16 must
                        not cost accuracy). GPU only: skipped with a message on CPU.
-  trial_packing        4 quarter-width VGG-11 trainings (vgg11-fashionmnist, one epoch) on Fashion-MNIST-sized
+  trial_packing        4 quarter-width VGG-11 trainings (vgg11-fashionmnist, two epochs) on Fashion-MNIST-sized
                        synthetic data (55,000 images of 1x32x32) in 4 processes at once, against the same 4 one
                        after another in one process; both timed on the wall clock from a common start.
                        Goal: >= 2x the throughput.
-  epoch_time_compiled  the trainer of epoch_time with `torch.compile`, against the same seed-style figure
-                       (last: compiling costs a minute; skipped with --no-compile and in --small).
+  epoch_time_compiled  the trainer of epoch_time with `torch.compile`, against the seed-style figure measured
+                       there (last: compiling costs a minute; skipped with --no-compile and in --small).
 
 Prints progress lines as it goes, then a table and the ratios; writes a JSON of the environment (GPU, driver,
 torch, CUDA), the figures, the ratios and whether each goal was met. Exit status 1 if a part failed.
@@ -31,6 +31,7 @@ torch, CUDA), the figures, the ratios and whether each goal was met. Exit status
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import multiprocessing
@@ -76,6 +77,7 @@ class Sizes:
     parity_seeds: int
     packing_trainings: int
     packing_images: int  # synthetic 1x32x32 training images per packed training
+    packing_epochs: int
     workers: int  # DataLoader workers of the seed-style pipeline
     batch_size: int = 128  # the `fast` recipe's
     held_out: int = 256  # synthetic validation images (the trainer evaluates them after each epoch, untimed)
@@ -83,11 +85,12 @@ class Sizes:
 
 
 FULL = Sizes(epoch_images=50_000, epoch_epochs=2, parity_images=None, parity_epochs=4, parity_seeds=2,
-             packing_trainings=4, packing_images=55_000, workers=min(8, os.cpu_count() or 1))
+             packing_trainings=4, packing_images=55_000, packing_epochs=2, workers=min(8, os.cpu_count() or 1))
 # Proves every code path on a loaded 2-core CPU in well under a minute; its figures mean nothing. One thread:
 # on an oversubscribed CPU, two OpenMP threads per process made ResNet-56 ten times slower, not faster.
 SMALL = Sizes(epoch_images=32, epoch_epochs=1, parity_images=64, parity_epochs=1, parity_seeds=1,
-              packing_trainings=4, packing_images=64, workers=1, batch_size=16, held_out=16, threads=1)
+              packing_trainings=4, packing_images=64, packing_epochs=1, workers=1, batch_size=16, held_out=16,
+              threads=1)
 
 
 def log(message: str) -> None:
@@ -191,28 +194,47 @@ def ratio(figures: dict[str, float], numerator: str, denominator: str, goal: flo
             "goal_met": value >= goal}
 
 
+EPOCH_SPACE = "resnet56-cifar10"
+
+
 def epoch_time(device: torch.device, sizes: Sizes, compile_model: bool = False) -> dict[str, Any]:
     """Images/s of the last of ``sizes.epoch_epochs`` epochs: trainer (GPU path) vs seed-style, ResNet-56."""
-    space = load_space("resnet56-cifar10")
-    data = synthetic_data(sizes.epoch_images, space.input_shape, space.num_classes, Augment(crop_pad=4, flip=True),
-                          sizes.held_out)
-    config = TrainConfig.from_recipe(RECIPE, epochs=sizes.epoch_epochs, batch_size=sizes.batch_size,
-                                     device=str(device), compile=compile_model, threads=sizes.threads)
+    config = epoch_config(device, sizes, compile_model)
     name = "trainer_compiled" if compile_model else "trainer"
     log(f"{name}: ResNet-56, {sizes.epoch_images} images, batch {config.batch_size}, {config.epochs} epochs")
-    result = train(space.base, data, config, evaluate_test=False, on_epoch=lambda m: log(
-        f"  {name} epoch {int(m['epoch'])}/{int(m['epochs'])}: {m['images_per_s']:.0f} img/s"))
-    log(f"seed-style: {sizes.workers} DataLoader workers, fp32")
-    _, seed_rates = seed_style_train(space.base, data.train, config, device, sizes.workers)
-    images = len(data.train) // config.batch_size * config.batch_size
-    figures = {f"{name}_images_per_s": result.curve[-1]["images_per_s"], "seed_images_per_s": seed_rates[-1]}
+    result = train(load_space(EPOCH_SPACE).base, cifar_shaped(sizes), config, evaluate_test=False,
+                   on_epoch=lambda m: log(f"  {name} epoch {int(m['epoch'])}/{int(m['epochs'])}: "
+                                          f"{m['images_per_s']:.0f} img/s"))
+    images = sizes.epoch_images // config.batch_size * config.batch_size
+    figures = {f"{name}_images_per_s": result.curve[-1]["images_per_s"],
+               "seed_images_per_s": seed_epoch_rate(device, sizes)}
     figures[f"{name}_epoch_s"] = images / figures[f"{name}_images_per_s"]
     figures["seed_epoch_s"] = images / figures["seed_images_per_s"]
     speedup = ratio(figures, f"{name}_images_per_s", "seed_images_per_s", EPOCH_TIME_GOAL)
-    return {"model": "resnet56-cifar10", "images": images, "batch_size": config.batch_size, "amp": config.amp,
+    return {"model": EPOCH_SPACE, "images": images, "batch_size": config.batch_size, "amp": config.amp,
             "compile": compile_model, "figures": figures, "ratios": {"speedup": speedup},
             "goal": f"{name} images/s >= {EPOCH_TIME_GOAL:g}x the seed-style pipeline's",
             "goal_met": speedup["goal_met"]}
+
+
+def epoch_config(device: torch.device, sizes: Sizes, compile_model: bool = False) -> TrainConfig:
+    return TrainConfig.from_recipe(RECIPE, epochs=sizes.epoch_epochs, batch_size=sizes.batch_size,
+                                   device=str(device), compile=compile_model, threads=sizes.threads)
+
+
+def cifar_shaped(sizes: Sizes) -> Data:
+    space = load_space(EPOCH_SPACE)
+    return synthetic_data(sizes.epoch_images, space.input_shape, space.num_classes, Augment(crop_pad=4, flip=True),
+                          sizes.held_out)
+
+
+@functools.cache
+def seed_epoch_rate(device: torch.device, sizes: Sizes) -> float:
+    """Images/s of the seed-style pipeline's last epoch on the epoch-time work (measured once per run)."""
+    log(f"seed-style: {sizes.workers} DataLoader workers, fp32")
+    _, rates = seed_style_train(load_space(EPOCH_SPACE).base, cifar_shaped(sizes).train, epoch_config(device, sizes),
+                                device, sizes.workers)
+    return rates[-1]
 
 
 def parity_noise(acc_a: float, acc_b: float, predictions: int) -> float:
@@ -223,7 +245,8 @@ def parity_noise(acc_a: float, acc_b: float, predictions: int) -> float:
 def accuracy_parity(device: torch.device, sizes: Sizes, data_root: str | None = None) -> dict[str, Any]:
     """Test accuracy of ResNet-20 on Fashion-MNIST trained by the trainer and by the seed-style loop, per seed."""
     space = load_space("resnet20-fashionmnist")
-    data = load_data(space.dataset, space.input_shape, space.num_classes, subset=sizes.parity_images, root=data_root)
+    data = load_data(space.dataset, space.input_shape, space.num_classes, subset=sizes.parity_images, root=data_root,
+                     download=False)
     return {"model": "resnet20-fashionmnist", **parity(space.base, data, device, sizes)}
 
 
@@ -258,11 +281,11 @@ def packing_worker(device_name: str, sizes: Sizes, trainings: int, barrier, resu
         space = load_space("vgg11-fashionmnist")
         data = synthetic_data(sizes.packing_images, space.input_shape, space.num_classes,
                               Augment(crop_pad=2, flip=True), sizes.held_out).to(device)
-        config = TrainConfig.from_recipe(RECIPE, epochs=1, batch_size=sizes.batch_size, device=device_name,
-                                         threads=sizes.threads)
+        config = TrainConfig.from_recipe(RECIPE, epochs=sizes.packing_epochs, batch_size=sizes.batch_size,
+                                         device=device_name, threads=sizes.threads)
         warm_up(space.base, data, device, config.batch_size)
         barrier.wait()
-        trained = sum(int(train(space.base, data, config, evaluate_test=False).curve[-1]["images"])
+        trained = sum(sum(int(m["images"]) for m in train(space.base, data, config, evaluate_test=False).curve)
                       for _ in range(trainings))
         results.put({"images": trained})
     except BaseException:  # noqa: BLE001 - reported to the parent, which records the part as failed
@@ -277,7 +300,7 @@ def warm_up(arch: Architecture, data: Data, device: torch.device, batch_size: in
     synchronize(device)
 
 
-def packed_throughput(device: torch.device, sizes: Sizes, processes: int, timeout: float = 600) -> float:
+def packed_throughput(device: torch.device, sizes: Sizes, processes: int, timeout: float = 300) -> float:
     """Images/s over ``packing_trainings`` trainings spread over ``processes`` processes, from a common start."""
     # Children forked from a server that imported torch once: CUDA cannot cross a fork of this process, and
     # spawning re-imports torch in every child (Python 3.11's forkserver does not preload __main__ itself).
