@@ -112,9 +112,17 @@ def test_seed_transforms_give_the_trainers_normalised_images(bench):
 def test_parity_noise_is_the_95_percent_spread_of_a_difference_of_accuracies(bench):
     rng = np.random.default_rng(0)
     for p_a, p_b, n in ((0.9, 0.88, 20000), (0.6, 0.62, 2000)):
-        noise = bench.parity_noise(p_a, p_b, n)
+        noise = bench.parity_noise([p_a], [p_b], n)
         differences = rng.binomial(n, p_a, 20000) / n - rng.binomial(n, p_b, 20000) / n
         assert np.mean(np.abs(differences - (p_a - p_b)) <= noise) == pytest.approx(0.95, abs=0.006)
+
+
+def test_parity_noise_adds_the_spread_between_seeds(bench):
+    trainer, seed = [0.90, 0.92, 0.91], [0.88, 0.92, 0.87]  # means 0.91 and 0.89
+    sampling = bench.parity_noise([0.91], [0.89], 3 * 10000)
+    spread_variance = (np.var(trainer, ddof=1) + np.var(seed, ddof=1)) / 3
+    assert bench.parity_noise(trainer, seed, 10000) == pytest.approx(
+        np.hypot(sampling, 1.96 * np.sqrt(spread_variance)), rel=1e-12)
 
 
 def test_parity_trains_both_pipelines_and_compares_their_test_accuracy(bench):
@@ -127,5 +135,5 @@ def test_parity_trains_both_pipelines_and_compares_their_test_accuracy(bench):
     assert all(acc in {k / 24 for k in range(25)} for acc in per_seed["trainer_test_acc"] + per_seed["seed_test_acc"])
     assert figures["trainer_test_acc"] == pytest.approx(np.mean(per_seed["trainer_test_acc"]))
     assert figures["difference"] == pytest.approx(figures["trainer_test_acc"] - figures["seed_test_acc"])
-    assert figures["noise"] == bench.parity_noise(figures["trainer_test_acc"], figures["seed_test_acc"], 48)
+    assert figures["noise"] == bench.parity_noise(per_seed["trainer_test_acc"], per_seed["seed_test_acc"], 24)
     assert record["goal_met"] == (abs(figures["difference"]) <= figures["noise"])
