@@ -14,6 +14,7 @@ Tables live in one JSON file per device fingerprint under ``$PRUNENAS_CACHE/late
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -60,7 +61,8 @@ def fit_line(x: Sequence[float], y: Sequence[float]) -> Calibration:
 
 def calibration_key(arch: Architecture) -> str:
     """Which calibration applies to ``arch``: its network kind (family, options, input, classes), not widths."""
-    return f"{arch.family}-{arch.base().digest()}"
+    kind = json.dumps([arch.family, arch.options, arch.input_shape, arch.num_classes], sort_keys=True)
+    return f"{arch.family}-{hashlib.sha256(kind.encode()).hexdigest()[:16]}"
 
 
 def default_cache_dir() -> Path:
@@ -88,10 +90,11 @@ class LatencyTable:
     # -- lookup -------------------------------------------------------------------------------------
     def unit_times(self, wanted: Sequence[Unit]) -> list[float]:
         """Table entries (ms, fixed call cost removed) of ``wanted``, measuring and saving the missing ones."""
-        missing = list({u.key: u for u in wanted if u.key not in self.entries}.values())
+        keys = [u.key for u in wanted]
+        missing = list({k: u for k, u in zip(keys, wanted) if k not in self.entries}.values())
         if missing:
             self._fill(missing)
-        return [self.entries[u.key] for u in wanted]
+        return [self.entries[k] for k in keys]
 
     def table_sum(self, arch: Architecture) -> float:
         """Sum of the table entries of ``arch``'s units (ms): the uncalibrated prediction."""

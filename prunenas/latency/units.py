@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from prunenas.families.base import Layer
@@ -43,7 +44,7 @@ class Unit:
     bn: bool = False
     act: bool = False
 
-    @property
+    @cached_property
     def key(self) -> str:
         """The table key: every field that changes the unit's run time, e.g. ``conv:16>32:k3s1g1:16x16:bn:relu``."""
         parts = [f"{self.kind}:{self.in_channels}>{self.out_channels}"]
