@@ -95,10 +95,11 @@ class TracedFamily(Family):
         return tuple(out)
 
     def build(self, arch: Architecture) -> nn.Module:
-        model = parse_reference(arch.opts["model"]).instantiate()
+        model = _instantiate(arch.opts["model"])
         plan = _plan(arch)
         for site in plan.sites:
-            _resize(model, site, plan)
+            if plan.resized(site):
+                _resize(model, site, plan)
         return model
 
     def remap_buffers(self, base_arch: Architecture, arch: Architecture, kept: Mapping[int, Sequence[int]],
@@ -273,6 +274,11 @@ class _Plan:
     def searchable(self, site: Site) -> bool:
         return bool(site.inputs) and all(g in self.slot_of for g, _ in site.inputs)
 
+    def resized(self, site: Site) -> bool:
+        """Whether any channel count of the site differs from the base network."""
+        groups = [g for g, _ in site.inputs] + ([site.output] if site.output is not None else [])
+        return any(self.width(g) != self.analysis.groups[g].channels for g in groups)
+
     def leaves(self) -> list[tuple[Site, LeafRule]]:
         return [(s, self.rules[s.name]) for s in self.sites if s.kind == "leaf"]
 
@@ -314,6 +320,18 @@ def _plan(arch: Architecture) -> _Plan:
 @lru_cache(maxsize=4096)
 def _cached_plan(model: str, shape: str, input_shape: tuple[int, int, int], widths: tuple[int, ...]) -> _Plan:
     return _Plan(model, shape, input_shape, widths)
+
+
+def _instantiate(reference: str) -> nn.Module:
+    """A fresh module; under a meta default device (shape-only builds), also for factories that copy data."""
+    ref = parse_reference(reference)
+    try:
+        return ref.instantiate()
+    except TracingError:
+        if torch.get_default_device().type != "meta":
+            raise
+        with torch.device("cpu"):
+            return ref.instantiate().to("meta")
 
 
 # -- resizing the user's module ---------------------------------------------------------------------------
