@@ -322,13 +322,14 @@ def analyse(reference: str, shape: tuple[int, int, int]) -> Analysis:
 
 
 def instantiate_on_meta(ref: Reference) -> nn.Module:
-    """The reference's module with its tensors on the meta device (no memory, no initialisation cost)."""
+    """The reference's module with its tensors on the meta device (no memory, no initialisation cost), in
+    training mode."""
     try:
         with torch.device("meta"):
             model = ref.instantiate()
     except TracingError:  # some initialisers copy data; build on the CPU then
         model = ref.instantiate().to("meta")
-    return model.eval()
+    return model.train()  # the mode it is searched in: auxiliary heads and dropout are part of the graph
 
 
 class _Tracer(fx.Tracer):
@@ -367,7 +368,7 @@ def _propagate_shapes(graph: fx.Graph, model: nn.Module, what: str, shape: tuple
     module = fx.GraphModule(model, graph)
     try:
         with torch.device("meta"), torch.no_grad():
-            ShapeProp(module).propagate(torch.empty(1, *shape))
+            ShapeProp(module).propagate(torch.empty(2, *shape))  # batch 2: batch norm in training mode
     except Exception as err:  # noqa: BLE001 (the model's own error, one line)
         raise TracingError(f"model {what!r} rejects input {'x'.join(map(str, shape))}: {type(err).__name__}: "
                            f"{_first_line(err)}") from None
@@ -407,6 +408,9 @@ _ELEMENTWISE = {operator.add, operator.iadd, operator.mul, operator.imul, operat
                 torch.add, torch.mul, torch.sub, torch.div}
 _ELEMENTWISE_METHODS = {"add", "add_", "mul", "mul_", "sub", "div"}
 _REDUCTIONS = {torch.mean, torch.sum, torch.amax}
+_UNCOUNTED_MACS = {torch.matmul, torch.bmm, torch.mm, torch.einsum, operator.matmul, _F.linear, _F.conv2d,
+                   _F.scaled_dot_product_attention}
+"""Products the analytic counter does not see (it counts conv and linear modules): models using them are refused."""
 _REDUCTION_METHODS = {"mean", "sum", "amax"}
 
 
@@ -488,6 +492,7 @@ class _Pass:
                 continue
             self.values[node] = self.visit(node)
         self.freeze_mixed_concatenations()
+        self.check_parameters_described()
         return Analysis(self.groups(), tuple(self.resolved_sites()), output_shape, graph_hash)
 
     def visit(self, node: fx.Node) -> Any:
@@ -565,7 +570,8 @@ class _Pass:
         """A per-channel norm over dimension ``dim`` (BatchNorm: 1; LayerNorm: the last; LayerNorm2d: 1)."""
         shape = _shape(node)
         if not isinstance(x, _Chan) or x.repeat != 1:
-            return self.unknown(node, "a norm over values that are not channels")
+            self.freeze(x, node, "a norm over values that are not channels")
+            x = self.consumable(node, None, dim % len(shape))
         mixes = isinstance(module, nn.LayerNorm)
         if mixes and len(module.normalized_shape) != 1:
             self.freeze(x, node, "LayerNorm over more than the channel dimension")
@@ -627,7 +633,17 @@ class _Pass:
         if not any(isinstance(self.values.get(a), (_Chan, _Param)) or self.values.get(a) is _OPAQUE
                    for a in node.all_input_nodes):
             return None  # arithmetic on sizes and constants
+        weights = [v.target for a in node.all_input_nodes if isinstance(v := self.values.get(a), _Param)
+                   and self.is_layer_weight(v.target)]
+        if fn in _UNCOUNTED_MACS or fn in ("matmul", "bmm") or weights:
+            what = f"uses the weight {weights[0]!r}" if weights else "multiplies tensors"
+            raise TracingError(f"model {self.what!r}: node {node.name!r} ({_op_name(node)}) {what} outside "
+                               "conv/linear modules; the analytic MAC counter does not cover it")
         return self.unknown(node, "the pass has no rule for this operation")
+
+    def is_layer_weight(self, target: str) -> bool:
+        owner = self.model.get_submodule(target.rpartition(".")[0])
+        return isinstance(owner, (nn.Conv2d, nn.Linear))
 
     def unknown(self, node: fx.Node, why: str) -> Any:
         for a in node.all_input_nodes:
@@ -773,6 +789,8 @@ class _Pass:
             value = self.values.get(value_node)
             self.freeze(value, node, "the model's output")
             shape = _shape(value_node)
+            if shape is None:  # a container built in forward (GoogLeNet's outputs): its first tensor
+                shape = next((s for n in value_node.all_input_nodes if (s := _shape(n)) is not None), None)
             if shape is not None:
                 shapes.append(shape)
         return tuple(shapes[0]) if shapes else ()
@@ -788,6 +806,22 @@ class _Pass:
                     self.freeze_groups([g for g, _ in site.inputs], None,
                                        f"read by {site.name!r} together with frozen channels")
                     changed = True
+
+    def check_parameters_described(self) -> None:
+        """Every parameter must belong to a site, or the parameter count would silently miss it."""
+        described = set()
+        for site in self.sites:
+            if site.kind == "scale":
+                described.add(site.name)
+            elif site.kind != "leaf":
+                module = self.model.get_submodule(site.name)
+                described.update(f"{site.name}.{n}" for n, _ in module.named_parameters(recurse=False))
+        for name, _ in self.model.named_parameters():
+            if name not in described:
+                owner = name.rpartition(".")[0]
+                kind = type(self.model.get_submodule(owner)).__name__ if owner else type(self.model).__name__
+                raise TracingError(f"model {self.what!r}: parameter {name!r} of {owner or '(root)'} ({kind}) is "
+                                   "used where the pass has no rule; its channels and count cannot be described")
 
     # -- results --------------------------------------------------------------------------------------
     def groups(self) -> dict[int, Group]:
