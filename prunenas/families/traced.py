@@ -32,7 +32,7 @@ from prunenas.arch import Architecture
 from prunenas.errors import ArchitectureError, PrunenasError
 from prunenas.families import register_family
 from prunenas.families.base import INPUT, Family, Layer, Option, Slot
-from prunenas.families.tracing import LeafRule, Site, TracingError, _rule_for, analyse, parse_reference
+from prunenas.families.tracing import LeafRule, Site, TracingError, analyse, parse_reference, rule_for
 
 if TYPE_CHECKING:
     from prunenas.spaces import Space
@@ -244,7 +244,7 @@ def _leaf_rules(model: str, shape: tuple[int, int, int]) -> dict[str, LeafRule]:
     if not leaves:
         return {}
     instance = instantiate_on_meta(parse_reference(model))
-    return {name: _rule_for(instance.get_submodule(name)) for name in leaves}
+    return {name: rule_for(instance.get_submodule(name)) for name in leaves}
 
 
 class _Plan:

@@ -205,7 +205,8 @@ def register_leaf_rule(module_type: type[nn.Module], rule: LeafRule) -> None:
     LEAF_RULES[module_type] = rule
 
 
-def _rule_for(module: nn.Module) -> LeafRule | None:
+def rule_for(module: nn.Module) -> LeafRule | None:
+    """The leaf rule registered for the module's exact type, if any."""
     _register_builtin_rules()
     return LEAF_RULES.get(type(module))
 
@@ -262,7 +263,6 @@ class Site:
         frozen_groups: the conv's groups are kept as they are (a grouped conv with frozen channels).
         in_repeat: inputs per channel of a linear layer after a flatten.
         positions: output positions (conv: (h, w); linear: positions it is applied at, e.g. ConvNeXt's h*w).
-        norm_mixes: a norm whose statistics span the channels (LayerNorm).
     """
 
     name: str
@@ -277,7 +277,6 @@ class Site:
     depthwise: bool = False
     in_repeat: int = 1
     positions: tuple[int, int] = (1, 1)
-    norm_mixes: bool = False
 
 
 @dataclass(frozen=True)
@@ -341,7 +340,7 @@ class _Tracer(fx.Tracer):
         self.where: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if _rule_for(m) is not None or isinstance(m, _LEAF_TYPES):
+        if rule_for(m) is not None or isinstance(m, _LEAF_TYPES):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -370,8 +369,9 @@ def _propagate_shapes(graph: fx.Graph, model: nn.Module, what: str, shape: tuple
         with torch.device("meta"), torch.no_grad():
             ShapeProp(module).propagate(torch.empty(2, *shape))  # batch 2: batch norm in training mode
     except Exception as err:  # noqa: BLE001 (the model's own error, one line)
-        raise TracingError(f"model {what!r} rejects input {'x'.join(map(str, shape))}: {type(err).__name__}: "
-                           f"{_first_line(err)}") from None
+        cause = err.__cause__ or err  # ShapeProp wraps the model's error with the whole node
+        raise TracingError(f"model {what!r} rejects input {'x'.join(map(str, shape))}: {type(cause).__name__}: "
+                           f"{_first_line(cause)}") from None
 
 
 def _graph_hash(graph: fx.Graph, model: nn.Module, ref: Reference) -> str:
@@ -517,7 +517,7 @@ class _Pass:
 
     def visit_module(self, node: fx.Node, module: nn.Module) -> Any:
         x = self.arg(node)
-        rule = _rule_for(module)
+        rule = rule_for(module)
         if rule is not None:
             return self.visit_leaf(node, module, rule, x)
         if isinstance(module, _CONV):
@@ -579,7 +579,7 @@ class _Pass:
             self.freeze(x, node, "a norm over a dimension that is not the channels")
         affine = getattr(module, "weight", None) is not None
         if affine:
-            self.sites.append(Site(node.target, "bn", x.segs, None, shape[x.dim], norm_mixes=mixes))
+            self.sites.append(Site(node.target, "bn", x.segs, None, shape[x.dim]))
         elif mixes:
             self.freeze(x, node, "LayerNorm without affine parameters")
         if mixes:
