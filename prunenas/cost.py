@@ -3,7 +3,7 @@
 Convention: MACs = multiply-accumulates of convolution and linear layers for one image (batch 1), the
 unit of torchvision's model cards and of most pruning papers; FLOPs = 2 x MACs, always labelled.
 BatchNorm, activations, pooling and residual additions are not counted. Parameters are exact integer
-counts of all trainable tensors (conv/linear weights and biases, BN weights and biases).
+counts of all trainable tensors (conv/linear weights and biases, BN weights and biases, per-channel scales).
 
 For masked (unstructured) architectures, a masked layer counts its non-zero weights: MACs = non-zero
 weights x output positions and params = non-zero weights (+ bias).
@@ -48,8 +48,8 @@ def layer_macs(layer: Layer, nonzero: int | None = None) -> int:
     weights = weight_count(layer) if nonzero is None else nonzero
     if layer.kind == "conv":
         return weights * layer.out_hw[0] * layer.out_hw[1]
-    if layer.kind == "linear":
-        return weights
+    if layer.kind == "linear":  # out_hw: positions it is applied at (channels-last tensors), else (1, 1)
+        return weights * layer.out_hw[0] * layer.out_hw[1]
     return 0
 
 
@@ -58,6 +58,8 @@ def layer_params(layer: Layer, nonzero: int | None = None) -> int:
     weights = weight_count(layer) if nonzero is None else nonzero
     if layer.kind == "bn":
         return 2 * layer.out_channels
+    if layer.kind == "scale":
+        return layer.out_channels
     return weights + (layer.out_channels if layer.bias else 0)
 
 

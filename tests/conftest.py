@@ -26,6 +26,7 @@ FAMILY_CASES = [
     ("resnet", {"depth": 50, "width_mult": 0.25, "downsample_bias": True}, (3, 64, 64), 20),
     ("mobilenetv2", {"width_mult": 0.5}, (3, 64, 64), 20),
     ("mobilenetv2", {"stem": "cifar", "width_mult": 0.5}, (3, 32, 32), 10),
+    ("traced", {"model": "tests.traced_models:user_net", "shape": "3,16,16"}, (3, 16, 16), 10),
 ]
 
 

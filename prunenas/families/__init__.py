@@ -27,7 +27,7 @@ def register_family(name: str) -> Callable[[type[Family]], type[Family]]:
 
 
 def _register_builtins() -> None:
-    from prunenas.families import densenet, mobilenetv2, preresnet, resnet, resnet_cifar, tiny, vgg  # noqa: F401
+    from prunenas.families import densenet, mobilenetv2, preresnet, resnet, resnet_cifar, tiny, traced, vgg  # noqa: F401
 
 
 _register_builtins()

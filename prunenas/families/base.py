@@ -81,18 +81,21 @@ class Layer:
 
     Attributes:
         name: module path in the built network (``model.get_submodule(name)``).
-        kind: ``"conv"``, ``"linear"`` or ``"bn"``.
+        kind: ``"conv"``, ``"linear"``, ``"bn"`` (batch norm, or a layer norm over the channels) or
+            ``"scale"``: the module's own per-channel parameter (ConvNeXt's layer scale, shape ``(C, 1, 1)``)
+            over the channels of slot ``output``, on dim 0; ``out_channels`` parameters, no MACs.
         inputs: slots whose channels, concatenated in this order, feed the layer (``INPUT``: image).
         output: slot this layer produces; ``None`` for fixed outputs (classes) and for batch norm, whose
             channels are its ``inputs``.
         in_channels, out_channels: channel counts (features for linear layers).
         kernel, stride, groups, bias: conv geometry; ``groups == in_channels`` marks a depthwise conv.
-        out_hw: output spatial size (conv) — the MAC count of a conv is per output position.
+        out_hw: output spatial size (conv) — the MAC count of a conv is per output position; for a linear
+            layer applied at several positions (channels-last tensors), the positions as ``(n, 1)``.
         in_repeat: inputs per channel of a linear layer after a flatten (``h*w``), else 1.
     """
 
     name: str
-    kind: Literal["conv", "linear", "bn"]
+    kind: Literal["conv", "linear", "bn", "scale"]
     inputs: tuple[int, ...]
     output: int | None
     in_channels: int
