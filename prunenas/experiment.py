@@ -404,7 +404,7 @@ def _objectives(search: _Reader) -> tuple[str, ...]:
 
 def _cross_checks(exp: Experiment) -> None:
     from prunenas.budget import cost_of
-    from prunenas.plan import target_choices
+    from prunenas.search.plan import target_choices
 
     for method in exp.proposers:
         if not target_choices(exp, method):

@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from prunenas.cli import main
+from prunenas.cli.main import main
 
 GOOD = {"space": "tiny-synthetic", "data": {"name": "synthetic"}, "proposers": {"l1-norm": {}},
         "targets": {"ratios": [0.5]}}

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from prunenas.cli import main
+from prunenas.cli.main import main
 
 
 def run(capsys, *argv):

@@ -23,10 +23,14 @@ from safetensors.torch import load_file
 import prunenas
 from prunenas.arch import Architecture
 from prunenas.budget import target_from_ratio, uniform_twin
-from prunenas.cli import main
+from prunenas.cli.main import main
 from prunenas.cost import count
 from prunenas.errors import PrunenasError
-from prunenas.export import (
+from prunenas.fileio import file_sha256
+from prunenas.masks import reapply_masks
+from prunenas.proposers import Proposal, Target
+from prunenas.proposers.magnitude import write_masks
+from prunenas.runs.export import (
     decode_meta,
     export,
     list_architectures,
@@ -37,13 +41,9 @@ from prunenas.export import (
     state_sha256,
     verify,
 )
-from prunenas.fileio import file_sha256
-from prunenas.masks import reapply_masks
-from prunenas.proposers import Proposal, Target
-from prunenas.proposers.magnitude import write_masks
-from prunenas.rundir import RunDir
+from prunenas.runs.rundir import RunDir
 from prunenas.spaces import load_space
-from prunenas.trials import arch_dict
+from prunenas.trial import arch_dict
 from prunenas.weights import save_weights
 
 TINY = load_space("tiny-synthetic").base  # widths [8, 16, 8, 8], input 3x16x16, 4 classes

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 import yaml
 
-from prunenas.monitor import auth_headers, auth_token
+from prunenas.search.monitor import auth_headers, auth_token
 
 from .search_helpers import EXPERIMENT
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from prunenas.cli import main
+from prunenas.cli.main import main
 from prunenas.cost import count
 from prunenas.spaces import load_space
 

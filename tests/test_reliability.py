@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prunenas.report import write_report
-from prunenas.rundir import RunDir
+from prunenas.runs.report import write_report
+from prunenas.runs.rundir import RunDir
 
 from .search_helpers import EXPERIMENT, cli, expected_keys, study, write
 
@@ -155,8 +155,8 @@ def test_two_nodes_share_the_trials_and_a_lost_node_is_survived(tmp_path):
 
 def _train_tiny_key(run_path, queue):
     from prunenas.experiment import experiment_from_dict
-    from prunenas.rundir import RunDir
-    from prunenas.trials import Context, Training, run_training
+    from prunenas.runs.rundir import RunDir
+    from prunenas.trial import Context, Training, run_training
 
     from .search_helpers import EXPERIMENT
 
@@ -169,7 +169,7 @@ def _train_tiny_key(run_path, queue):
 def test_two_processes_training_one_key_train_it_once(tmp_path):
     import multiprocessing
 
-    from prunenas.rundir import RunDir
+    from prunenas.runs.rundir import RunDir
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()

@@ -4,7 +4,7 @@ import multiprocessing
 import pytest
 
 from prunenas.fileio import atomic_write_text
-from prunenas.results import ResultsStore, mean_std, paired_difference, t_quantile
+from prunenas.runs.results import ResultsStore, mean_std, paired_difference, t_quantile
 
 
 def test_append_and_latest(tmp_path):

@@ -12,9 +12,9 @@ import optuna
 import pytest
 
 from prunenas.experiment import experiment_from_dict
-from prunenas.export import verify
-from prunenas.report import collect, results_table
-from prunenas.rundir import RunDir
+from prunenas.runs.export import verify
+from prunenas.runs.report import collect, results_table
+from prunenas.runs.rundir import RunDir
 
 from .search_helpers import EXPERIMENT, cli, expected_keys, study, write
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from prunenas import report
-from prunenas.report import collect, write_report
-from prunenas.rundir import RunDir
-from prunenas.status import run_status
+from prunenas.cli.status import run_status
+from prunenas.runs import report
+from prunenas.runs.report import collect, write_report
+from prunenas.runs.rundir import RunDir
 
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
 STUDY = RESULTS / "fashionmnist-study"

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from prunenas.errors import PrunenasError
-from prunenas.results import FINAL
-from prunenas.rundir import RunDir
+from prunenas.runs.results import FINAL
+from prunenas.runs.rundir import RunDir
 
 
 def run_status(target: str, address: str | None = None) -> dict[str, Any]:
@@ -16,7 +16,7 @@ def run_status(target: str, address: str | None = None) -> dict[str, Any]:
     if not Path(target).exists():
         if address is None:
             raise PrunenasError(f"{target} is neither a run folder nor (without --address) a job id")
-        from prunenas.monitor import job_status
+        from prunenas.search.monitor import job_status
 
         info = job_status(address, target)
         run = info["metadata"].get("prunenas_run")

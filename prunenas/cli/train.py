@@ -41,7 +41,7 @@ def training_config(space: Space, arch: Architecture, args: argparse.Namespace) 
 
 
 def run_training(args: argparse.Namespace) -> int:
-    from prunenas.cli import resolve
+    from prunenas.cli.main import resolve
 
     space, arch = resolve(args.target, args.preset)
     dataset = args.data or (None if args.target.endswith(".json") else space.dataset)

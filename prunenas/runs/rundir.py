@@ -4,7 +4,7 @@
 
     RUN/run.json            schema version, name, status (running / finished), phase, timestamps
     RUN/experiment.yaml     the experiment as run (file + command-line overrides)
-    RUN/results.jsonl       one row per trained model (prunenas.results)
+    RUN/results.jsonl       one row per trained model (prunenas.runs.results)
     RUN/proposals/ID.json   proposals (+ their masks files)
     RUN/plan.json           the evaluation plan: proposal -> arm -> budget -> seed -> trial key
     RUN/weights/KEY.safetensors, RUN/errors/KEY.txt, RUN/checkpoints/KEY.pt
@@ -22,7 +22,7 @@ from typing import Any
 
 from prunenas.errors import PrunenasError
 from prunenas.fileio import atomic_write_text
-from prunenas.results import ResultsStore
+from prunenas.runs.results import ResultsStore
 
 SCHEMA = 1
 

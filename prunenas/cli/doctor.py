@@ -20,8 +20,8 @@ def checks(address: str | None = None) -> dict[str, Any]:
     import torch
 
     from prunenas.data import load_data
-    from prunenas.monitor import auth_token
     from prunenas.proposers.basemodel import default_cache_dir, list_entries
+    from prunenas.search.monitor import auth_token
 
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -52,7 +52,7 @@ def checks(address: str | None = None) -> dict[str, Any]:
 def _ray_reachable(address: str) -> str:
     import urllib.request
 
-    from prunenas.monitor import auth_headers
+    from prunenas.search.monitor import auth_headers
 
     url = address.rstrip("/") + "/api/version"
     request = urllib.request.Request(url, headers=auth_headers())

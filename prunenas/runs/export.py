@@ -38,8 +38,8 @@ from prunenas.arch import Architecture, from_dict, load_architecture
 from prunenas.errors import PrunenasError
 from prunenas.experiment import ARMS
 from prunenas.fileio import atomic_write_bytes, file_sha256
-from prunenas.results import finite_number, format_percent
-from prunenas.rundir import RunDir
+from prunenas.runs.results import finite_number, format_percent
+from prunenas.runs.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from prunenas.proposers import load_proposal
-from prunenas.results import format_percent, mean_std, paired_difference
-from prunenas.rundir import RunDir
+from prunenas.runs.results import format_percent, mean_std, paired_difference
+from prunenas.runs.rundir import RunDir
 
 ARM_ORDER = ("proposed", "uniform", "random", "finetune", "lottery")
 METRICS = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}

@@ -14,9 +14,9 @@ from prunenas.arch import Architecture, load_architecture
 from prunenas.budget import scratch_epochs, target_from_ratio, uniform_twin
 from prunenas.cost import count, format_macs, thop_macs
 from prunenas.errors import PrunenasError
-from prunenas.export import FORMATS, SELECTION_METRICS
 from prunenas.recipes import RECIPES
-from prunenas.results import format_percent
+from prunenas.runs.export import FORMATS, SELECTION_METRICS
+from prunenas.runs.results import format_percent
 from prunenas.spaces import Space, load_space, space_names
 
 
@@ -256,7 +256,7 @@ def cmd_uniform(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from prunenas.training_run import run_training
+    from prunenas.cli.train import run_training
 
     return run_training(args)
 
@@ -284,7 +284,7 @@ def cmd_proposers(args: argparse.Namespace) -> int:
 
 
 def cmd_propose(args: argparse.Namespace) -> int:
-    from prunenas.proposing import run_propose
+    from prunenas.cli.propose import run_propose
 
     return run_propose(args)
 
@@ -298,15 +298,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise PrunenasError(f"--num-samples {args.num_samples} must be >= 1")
     if args.dry_run:
         from prunenas.data import planned_train_images
-        from prunenas.plan import estimate, format_estimate
+        from prunenas.search.plan import estimate, format_estimate
 
         plan = estimate(exp, planned_train_images(exp.dataset, exp.val_size, exp.subset))
         print(json.dumps(plan, indent=2) if args.json else format_estimate(exp, plan))
         return 0
     if args.out and Path(args.out, "run.json").exists():
         raise PrunenasError(f"{args.out} already holds a run; continue it with `prunenas resume {args.out}`")
-    from prunenas.report import results_table
-    from prunenas.search import run_search
+    from prunenas.runs.report import results_table
+    from prunenas.search.tune import run_search
 
     run = run_search(exp, args.out, address=args.address, cache_dir=args.cache_dir, dashboard=not args.no_dashboard)
     print(results_table(run))
@@ -314,8 +314,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from prunenas.report import write_report
-    from prunenas.rundir import RunDir
+    from prunenas.runs.report import write_report
+    from prunenas.runs.rundir import RunDir
 
     run = RunDir(args.run_dir)
     run.state()
@@ -327,8 +327,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from prunenas import monitor
     from prunenas.experiment import load_experiment
+    from prunenas.search import monitor
 
     load_experiment(args.experiment)  # validate here, before anything reaches the cluster
     extra = [f"--{flag.replace('_', '-')}={value}" for flag, value in
@@ -349,7 +349,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from prunenas.status import run_status
+    from prunenas.cli.status import run_status
 
     info = run_status(args.target, args.address)
     if args.json:
@@ -361,7 +361,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from prunenas.doctor import checks
+    from prunenas.cli.doctor import checks
 
     for key, value in checks(args.address).items():
         if isinstance(value, dict):
@@ -397,11 +397,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from prunenas.rundir import RunDir
+    from prunenas.runs.rundir import RunDir
 
     RunDir(args.run_dir).state()  # a clear error for a missing or foreign folder, before Ray starts
-    from prunenas.report import results_table
-    from prunenas.search import resume
+    from prunenas.runs.report import results_table
+    from prunenas.search.tune import resume
 
     run = resume(args.run_dir, address=args.address, dashboard=not args.no_dashboard)
     print(results_table(run))
@@ -409,7 +409,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from prunenas.export import export, open_run, select_best, select_trial
+    from prunenas.runs.export import export, open_run, select_best, select_trial
 
     run = open_run(args.run_dir)
     if args.best:
@@ -434,7 +434,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_arch_list(args: argparse.Namespace) -> int:
-    from prunenas.export import format_architectures, list_architectures
+    from prunenas.runs.export import format_architectures, list_architectures
 
     rows = list_architectures(args.run_dirs, space=args.space, max_macs=args.max_macs, min_acc=args.min_acc,
                               arm=args.arm)

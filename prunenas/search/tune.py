@@ -2,13 +2,13 @@
 ``ray.tune`` and ``optuna``.
 
 0. base models the proposers need, one Tune trial each, trained once into the cache;
-1. search: ``OptunaSearch`` (define-by-run, :func:`prunenas.plan.suggest`) samples method x parameters x
+1. search: ``OptunaSearch`` (define-by-run, :func:`prunenas.search.plan.suggest`) samples method x parameters x
    target (and learning rate, and with ``direct: true`` per-slot widths); each trial builds the proposal and
    trains it from scratch (Scratch-E) on the search seeds; Optuna is told the mean final validation accuracy
    (and MACs for a Pareto search). The study lives in ``RUN/optuna.journal``;
 2. evaluation: a plain Tune run over every arm x budget x evaluation seed of the selected proposals.
 
-Every trained network is one row of ``RUN/results.jsonl`` (prunenas.results), written by the trial itself,
+Every trained network is one row of ``RUN/results.jsonl`` (prunenas.runs.results), written by the trial itself,
 so nothing finished is lost when the driver dies; :func:`resume` continues in whichever phase it stopped.
 """
 
@@ -29,10 +29,13 @@ import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from prunenas import monitor
 from prunenas.cost import count
 from prunenas.experiment import Experiment, experiment_from_dict
-from prunenas.plan import (
+from prunenas.proposers import load_proposal
+from prunenas.runs.results import FINAL
+from prunenas.runs.rundir import RunDir
+from prunenas.search import monitor
+from prunenas.search.plan import (
     base_model_specs,
     enqueued_points,
     grid_points,
@@ -40,10 +43,7 @@ from prunenas.plan import (
     suggest,
     target_object,
 )
-from prunenas.proposers import load_proposal
-from prunenas.results import FINAL
-from prunenas.rundir import RunDir
-from prunenas.trials import Context, Training, make_proposal, plan_arms, proposal_id, run_training, training_key
+from prunenas.trial import Context, Training, make_proposal, plan_arms, proposal_id, run_training, training_key
 
 STUDY = "search"
 

@@ -28,7 +28,7 @@ from prunenas.proposers import Proposal, Target, load_proposal, propose
 from prunenas.proposers.basemodel import BaseModelProvider
 from prunenas.proposers.proposal import achieved
 from prunenas.recipes import RECIPES
-from prunenas.rundir import RunDir
+from prunenas.runs.rundir import RunDir
 from prunenas.train import TrainConfig, TrainingDiverged, train
 from prunenas.weights import save_weights
 
@@ -83,7 +83,7 @@ def make_proposal(ctx: Context, method: str, params: Mapping[str, Any], target: 
         proposal = propose(method, space, target, provider, dict(params), seed=0)
     path = ctx.run.proposal_path(proposal_id(proposal))
     if not path.exists():
-        from prunenas.proposing import save_with_masks
+        from prunenas.cli.propose import save_with_masks
 
         save_with_masks(proposal, path)
     return load_proposal(path)
