@@ -27,7 +27,7 @@ from prunenas.proposers.sss import (
 from prunenas.spaces import load_space
 from prunenas.train import TrainConfig, train
 
-from .conftest import FAMILY_CASES, case_id, make_arch
+from ..conftest import FAMILY_CASES, case_id, make_arch
 
 WITH_BLOCKS = [c for c in FAMILY_CASES if c[0] in ("tiny", "resnet_cifar", "preresnet", "resnet", "mobilenetv2")
                and c[1].get("blocks", 1) > 0]

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from prunenas.cost import count, thop_macs
 from prunenas.families import FAMILIES
 
-from .conftest import FAMILY_CASES, case_id, make_arch, random_arch
+from ..conftest import FAMILY_CASES, case_id, make_arch, random_arch
 
 CASES = pytest.mark.parametrize("case", FAMILY_CASES, ids=[case_id(c) for c in FAMILY_CASES])
 

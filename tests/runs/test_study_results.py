@@ -14,7 +14,7 @@ from prunenas.runs import report
 from prunenas.runs.report import collect, write_report
 from prunenas.runs.rundir import RunDir
 
-RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results"
 STUDY = RESULTS / "fashionmnist-study"
 SEEDS = {0, 1, 2}
 # study -> (evaluation trainings, Optuna trials, methods)

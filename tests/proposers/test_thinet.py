@@ -32,7 +32,7 @@ from prunenas.proposers.select import select_by_threshold
 from prunenas.proposers.thinet import greedy_removal_order
 from prunenas.spaces import load_space
 
-from .conftest import FAMILY_CASES, case_id, make_arch, planted_tiny_provider
+from ..conftest import FAMILY_CASES, case_id, make_arch, planted_tiny_provider
 
 
 def hand_made_contributions():

@@ -9,7 +9,7 @@ from prunenas.cli.main import main
 from prunenas.cost import count
 from prunenas.spaces import load_space
 
-PACKS = sorted((Path(__file__).parent.parent / "experiments" / "paper").glob("*.yaml"))
+PACKS = sorted((Path(__file__).parents[2] / "experiments" / "paper").glob("*.yaml"))
 
 
 def dry_run(pack, capsys):
@@ -53,14 +53,14 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_planned_trials_and_epochs(name, capsys):
-    plan = dry_run(Path(__file__).parent.parent / "experiments" / "paper" / f"{name}.yaml", capsys)
+    plan = dry_run(Path(__file__).parents[2] / "experiments" / "paper" / f"{name}.yaml", capsys)
     planned = arms(plan)
     for key, value in EXPECTED[name].items():
         assert planned[key] == value, key
 
 
 def test_cost_estimate_is_macs_times_images_times_epochs(capsys):
-    plan = dry_run(Path(__file__).parent.parent / "experiments" / "paper" / "l1-vgg16-cifar10.yaml", capsys)
+    plan = dry_run(Path(__file__).parents[2] / "experiments" / "paper" / "l1-vgg16-cifar10.yaml", capsys)
     space = load_space("vgg16-cifar10")
     macs, base, images = count(space.preset("A")).macs, count(space.base).macs, 45000  # 50,000 - 5,000 validation
     assert plan["base_models"]["cost"] == base * images * 160

@@ -13,7 +13,7 @@ from prunenas.errors import ArchitectureError
 from prunenas.fileio import file_sha256
 from prunenas.proposers.channels import ChannelRef, channel_refs, inherit, inherit_state, zero_channels
 
-from .conftest import FAMILY_CASES, case_id, make_arch, random_arch
+from ..conftest import FAMILY_CASES, case_id, make_arch, random_arch
 
 CASES = pytest.mark.parametrize("case", FAMILY_CASES, ids=[case_id(c) for c in FAMILY_CASES])
 

@@ -20,7 +20,7 @@ from prunenas.proposers.select import (
 )
 from prunenas.spaces import Space, load_space
 
-from .conftest import FAMILY_CASES, make_arch
+from ..conftest import FAMILY_CASES, make_arch
 
 COST_SPACES = ["vgg11-fashionmnist", "resnet20-fashionmnist", "tiny-synthetic", "mobilenetv2-cifar10",
                "densenet40-cifar10"]
