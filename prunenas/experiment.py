@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from prunenas.budget import cost_of
 from prunenas.data import DATASETS
 from prunenas.errors import PrunenasError
+from prunenas.proposers import PROPOSERS
 from prunenas.recipes import RECIPES
 from prunenas.spaces import Space, load_space
 
@@ -50,7 +52,34 @@ class Range:
     integer: bool = False
 
 
+    def ends(self) -> list[float]:
+        return [self.low, self.high]
+
+
 Setting = Any  # a fixed value, a list of choices, or a Range
+
+
+def setting_values(setting: Setting, range_values: Callable[[Range], list[Any]] = Range.ends) -> list[Any]:
+    """A setting as a list of values: a list's items, a fixed value alone, a range's ``range_values`` (its ends)."""
+    if isinstance(setting, Range):
+        return range_values(setting)
+    return list(setting) if isinstance(setting, list) else [setting]
+
+
+def target_setting(exp: Experiment, method: str) -> Setting:
+    """Target choices of ``method``: the experiment's, plus presets (``targets.presets``, by default all the
+    space's) for methods that have presets. A sampled range of targets does not mix with presets."""
+    setting = exp.target[1]
+    presets = exp.space.presets if exp.presets is None else exp.presets
+    if method != "direct" and PROPOSERS.get(method).presets and presets and not isinstance(setting, Range):
+        fixed = setting if isinstance(setting, list) else [setting]
+        return fixed + [f"preset:{name}" for name in presets]
+    return setting
+
+
+def target_choices(exp: Experiment, method: str) -> list[Any]:
+    """Every target value ``method`` may be asked for (a range: its ends)."""
+    return setting_values(target_setting(exp, method))
 
 
 @dataclass(frozen=True)
@@ -281,8 +310,6 @@ def _recipe(name: str, where: str) -> str:
 
 
 def _proposers(data: dict) -> dict[str, dict[str, Setting]]:
-    from prunenas.proposers import PROPOSERS
-
     if not data:
         raise ExperimentError("proposers: empty; name at least one of: " + ", ".join(PROPOSERS.names()))
     out: dict[str, dict[str, Setting]] = {}
@@ -403,9 +430,6 @@ def _objectives(search: _Reader) -> tuple[str, ...]:
 
 
 def _cross_checks(exp: Experiment) -> None:
-    from prunenas.budget import cost_of
-    from prunenas.search.plan import target_choices
-
     for method in exp.proposers:
         if not target_choices(exp, method):
             raise ExperimentError(f"proposers.{method}: no target to propose at ({method} has no presets); "
@@ -418,7 +442,7 @@ def _cross_checks(exp: Experiment) -> None:
         raise ExperimentError("search.sampler: nsga2 is for two objectives (objectives: [val_acc, macs])")
     kind, setting = exp.target
     smallest = cost_of(exp.space.arch(exp.space.lower), exp.match)
-    for value in _setting_values(setting):
+    for value in setting_values(setting):
         cost = value * cost_of(exp.space.base, exp.match) if kind == "ratio" else value
         if cost < smallest:
             raise ExperimentError(f"targets.{kind}: {value} ({cost:.0f} {exp.match}) is below the smallest "
@@ -431,9 +455,3 @@ def _all_settings(exp: Experiment) -> list[tuple[str, Setting]]:
     if exp.lr is not None:
         out.append(("recipe.lr", exp.lr))
     return out
-
-
-def _setting_values(setting: Setting) -> list[Any]:
-    if isinstance(setting, Range):
-        return [setting.low, setting.high]
-    return list(setting) if isinstance(setting, list) else [setting]

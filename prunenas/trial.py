@@ -22,14 +22,16 @@ from prunenas.budget import cost_of, scratch_epochs, uniform_twin
 from prunenas.cost import count
 from prunenas.data import Data, load_data
 from prunenas.environment import environment
+from prunenas.errors import TrainingDiverged
 from prunenas.experiment import Experiment
+from prunenas.faults import fault_point
 from prunenas.fileio import locked
-from prunenas.proposers import Proposal, Target, load_proposal, propose
+from prunenas.proposers import PROPOSERS, Proposal, Target, load_proposal, propose
 from prunenas.proposers.basemodel import BaseModelProvider
-from prunenas.proposers.proposal import achieved
+from prunenas.proposers.proposal import achieved, save_with_masks
 from prunenas.recipes import RECIPES
 from prunenas.runs.rundir import RunDir
-from prunenas.train import TrainConfig, TrainingDiverged, train
+from prunenas.train import TrainConfig, train
 from prunenas.weights import save_weights
 
 INITS = {"proposed": "scratch", "uniform": "scratch", "random": "scratch", "finetune": "trained", "lottery": "init"}
@@ -62,7 +64,7 @@ class Context:
                                      val_size=e.val_size, subset=e.subset, device=self.device,
                                      threads=self.threads, log=self.log)
         provider._data = self._data
-        provider.artifact_dir = self.run.path / "proposals"
+        provider.artifact_dir = self.run.proposals_dir
         return provider
 
 
@@ -77,14 +79,10 @@ def make_proposal(ctx: Context, method: str, params: Mapping[str, Any], target: 
         proposal = Proposal(arch, "direct", {"widths": list(arch.widths)}, target, 0, None,
                             achieved(space, arch, target.match))
     else:
-        from prunenas.proposers import PROPOSERS
-
         provider = ctx.provider() if PROPOSERS.get(method).needs_base else None
         proposal = propose(method, space, target, provider, dict(params), seed=0)
     path = ctx.run.proposal_path(proposal_id(proposal))
     if not path.exists():
-        from prunenas.cli.propose import save_with_masks
-
         save_with_masks(proposal, path)
     return load_proposal(path)
 
@@ -124,7 +122,7 @@ class Training:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], run: RunDir) -> Training:
         data = dict(data)
-        data["arch"] = from_dict(data["arch"], base_dir=run.path / "proposals")
+        data["arch"] = from_dict(data["arch"], base_dir=run.proposals_dir)
         return cls(**data)
 
 
@@ -189,8 +187,6 @@ def _train_unless_final(ctx: Context, training: Training, phase: str,
                            "init": training.init, "environment": {**environment(config.device), "node": ctx.node}}
     started = time.time()
     try:
-        from prunenas.faults import fault_point
-
         fault_point("trial.start", key=key, arm=training.arm, method=training.method)
         result = train(_initial(ctx, training), ctx.data(), config, checkpoint=ctx.run.checkpoint_path(key),
                        arch=training.arch, on_epoch=on_epoch)
@@ -232,8 +228,6 @@ def _initial(ctx: Context, training: Training) -> Architecture | Any:
 
 
 def _base_spec(ctx: Context, proposal: Proposal):
-    from prunenas.proposers import PROPOSERS
-
     return PROPOSERS.get(proposal.method).base_spec(ctx.experiment.space, proposal.target, proposal.params)
 
 
@@ -282,11 +276,10 @@ def _arm_arch(ctx: Context, proposal: Proposal, arm: str, seed: int) -> Architec
     space, match = ctx.experiment.space, proposal.target.match
     goal = cost_of(proposal.arch, match)
     if arm == "uniform":
-        if proposal.arch.masks is not None:
-            from prunenas.proposers.magnitude import uniform_mask_twin
-
+        info = PROPOSERS.get(proposal.method) if proposal.method in PROPOSERS else None
+        if info is not None and info.own_twin:
             base = ctx.provider().get(_base_spec(ctx, proposal))
-            return uniform_mask_twin(proposal, base, ctx.run.path / "proposals")
+            return info.twin_fn(proposal, base, ctx.run.proposals_dir)
         return uniform_twin(space, goal, match).arch
     if arm == "random":
         return propose("random", space, Target(cost=goal, match=match), None, {}, seed=seed).arch

@@ -6,7 +6,14 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import urllib.request
 from typing import Any
+
+import torch
+
+from prunenas.data import load_data
+from prunenas.proposers.basemodel import default_cache_dir, list_entries
+from prunenas.search.monitor import auth_headers, auth_token
 
 
 def _version(module: str) -> str:
@@ -17,12 +24,6 @@ def _version(module: str) -> str:
 
 
 def checks(address: str | None = None) -> dict[str, Any]:
-    import torch
-
-    from prunenas.data import load_data
-    from prunenas.proposers.basemodel import default_cache_dir, list_entries
-    from prunenas.search.monitor import auth_token
-
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "packages": {m: _version(m) for m in ("prunenas", "torch", "torchvision", "ray", "optuna", "thop",
@@ -50,10 +51,6 @@ def checks(address: str | None = None) -> dict[str, Any]:
 
 
 def _ray_reachable(address: str) -> str:
-    import urllib.request
-
-    from prunenas.search.monitor import auth_headers
-
     url = address.rstrip("/") + "/api/version"
     request = urllib.request.Request(url, headers=auth_headers())
     try:

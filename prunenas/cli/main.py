@@ -3,21 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from types import ModuleType
+from typing import NoReturn
 
-from prunenas.arch import Architecture, load_architecture
-from prunenas.budget import scratch_epochs, target_from_ratio, uniform_twin
-from prunenas.cost import count, format_macs, thop_macs
+from prunenas.budget import target_from_ratio, uniform_twin
+from prunenas.cli.common import describe, print_info, resolve
+from prunenas.cli.propose import run_propose
+from prunenas.cli.train import run_training
+from prunenas.cost import count, format_macs
+from prunenas.data import planned_train_images
 from prunenas.errors import PrunenasError
+from prunenas.experiment import load_experiment
+from prunenas.proposers import PROPOSERS
+from prunenas.proposers.basemodel import list_entries, remove_entry
 from prunenas.recipes import RECIPES
-from prunenas.runs.export import FORMATS, SELECTION_METRICS
+from prunenas.runs.export import (
+    FORMATS,
+    SELECTION_METRICS,
+    export,
+    format_architectures,
+    list_architectures,
+    open_run,
+    select_best,
+    select_trial,
+)
+from prunenas.runs.report import results_table, write_report
 from prunenas.runs.results import format_percent
-from prunenas.spaces import Space, load_space, space_names
+from prunenas.runs.rundir import RunDir
+from prunenas.search.plan import estimate, format_estimate
+from prunenas.spaces import load_space, space_names
 
 
 class _Parser(argparse.ArgumentParser):
@@ -187,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_ray(module: str) -> ModuleType:
+    """A module that imports Ray or Optuna, loaded only by the commands that need it (``prunenas --help`` and the
+    other commands start without them)."""
+    return importlib.import_module(module)
+
+
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset (default: the space's); required for architecture files")
     p.add_argument("--data-root", help="folder holding the dataset files (also $PRUNENAS_DATA)")
@@ -256,14 +283,10 @@ def cmd_uniform(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from prunenas.cli.train import run_training
-
     return run_training(args)
 
 
 def cmd_proposers(args: argparse.Namespace) -> int:
-    from prunenas.proposers import PROPOSERS
-
     rows = [{"name": name, "description": info.description, "needs_base_model": info.needs_base,
              "presets": info.presets,
              "params": {k: {"default": p.default, "type": p.kind.__name__, "help": p.help,
@@ -284,39 +307,28 @@ def cmd_proposers(args: argparse.Namespace) -> int:
 
 
 def cmd_propose(args: argparse.Namespace) -> int:
-    from prunenas.cli.propose import run_propose
-
     return run_propose(args)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from prunenas.experiment import load_experiment
-
     exp = load_experiment(args.experiment).with_overrides(
         num_samples=args.num_samples, concurrency=args.concurrency, sampler=args.sampler, epochs=args.epochs)
     if args.num_samples is not None and args.num_samples < 1:
         raise PrunenasError(f"--num-samples {args.num_samples} must be >= 1")
     if args.dry_run:
-        from prunenas.data import planned_train_images
-        from prunenas.search.plan import estimate, format_estimate
-
         plan = estimate(exp, planned_train_images(exp.dataset, exp.val_size, exp.subset))
         print(json.dumps(plan, indent=2) if args.json else format_estimate(exp, plan))
         return 0
     if args.out and Path(args.out, "run.json").exists():
         raise PrunenasError(f"{args.out} already holds a run; continue it with `prunenas resume {args.out}`")
-    from prunenas.runs.report import results_table
-    from prunenas.search.tune import run_search
-
-    run = run_search(exp, args.out, address=args.address, cache_dir=args.cache_dir, dashboard=not args.no_dashboard)
+    tune = _with_ray("prunenas.search.tune")
+    run = tune.run_search(exp, args.out, address=args.address, cache_dir=args.cache_dir,
+                          dashboard=not args.no_dashboard)
     print(results_table(run))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from prunenas.runs.report import write_report
-    from prunenas.runs.rundir import RunDir
-
     run = RunDir(args.run_dir)
     run.state()
     written = write_report(run, args.out, args.format, latency=not args.no_latency)
@@ -327,9 +339,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from prunenas.experiment import load_experiment
-    from prunenas.search import monitor
-
+    monitor = _with_ray("prunenas.search.monitor")
     load_experiment(args.experiment)  # validate here, before anything reaches the cluster
     extra = [f"--{flag.replace('_', '-')}={value}" for flag, value in
              (("num_samples", args.num_samples), ("concurrency", args.concurrency), ("cache_dir", args.cache_dir))
@@ -338,7 +348,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"submitted job {job}; follow it with `prunenas status {job} --address {args.address}` or the dashboard")
     if not args.wait:
         return 0
-    import time
 
     while True:
         status = monitor.job_status(args.address, job)["job_status"]
@@ -349,9 +358,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from prunenas.cli.status import run_status
-
-    info = run_status(args.target, args.address)
+    info = _with_ray("prunenas.cli.status").run_status(args.target, args.address)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
@@ -361,9 +368,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from prunenas.cli.doctor import checks
-
-    for key, value in checks(args.address).items():
+    for key, value in _with_ray("prunenas.cli.doctor").checks(args.address).items():
         if isinstance(value, dict):
             print(f"{key}:")
             for k, v in value.items():
@@ -374,8 +379,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from prunenas.proposers.basemodel import list_entries, remove_entry
-
     entries = list_entries(args.cache_dir)
     if args.action == "list":
         for e in entries:
@@ -397,20 +400,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from prunenas.runs.rundir import RunDir
-
     RunDir(args.run_dir).state()  # a clear error for a missing or foreign folder, before Ray starts
-    from prunenas.runs.report import results_table
-    from prunenas.search.tune import resume
-
-    run = resume(args.run_dir, address=args.address, dashboard=not args.no_dashboard)
+    tune = _with_ray("prunenas.search.tune")
+    run = tune.resume(args.run_dir, address=args.address, dashboard=not args.no_dashboard)
     print(results_table(run))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from prunenas.runs.export import export, open_run, select_best, select_trial
-
     run = open_run(args.run_dir)
     if args.best:
         trial = select_best(run, args.metric or "val_acc", args.arm or "proposed", args.max_macs)
@@ -434,8 +431,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_arch_list(args: argparse.Namespace) -> int:
-    from prunenas.runs.export import format_architectures, list_architectures
-
     rows = list_architectures(args.run_dirs, space=args.space, max_macs=args.max_macs, min_acc=args.min_acc,
                               arm=args.arm)
     print(json.dumps(rows, indent=2) if args.json else format_architectures(rows))
@@ -443,81 +438,6 @@ def cmd_arch_list(args: argparse.Namespace) -> int:
 
 
 # -- helpers --------------------------------------------------------------------------------------------
-
-
-def resolve(target: str, preset: str | None) -> tuple[Space, Architecture]:
-    """A space (by name/YAML) or an architecture JSON -> (space, architecture to describe)."""
-    if target.endswith(".json"):
-        if preset:
-            raise PrunenasError("--preset applies to spaces, not to architecture files")
-        return _resolve_file(target)
-    space = load_space(target)
-    return space, space.preset(preset) if preset else space.base
-
-
-def _resolve_file(path: str) -> tuple[Space, Architecture]:
-    """An architecture JSON, or a proposal JSON (its architecture, in the space it was proposed in)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        data = None  # load_architecture reports it precisely
-    if isinstance(data, dict) and str(data.get("format", "")).startswith("prunenas.proposal"):
-        from prunenas.proposers import load_proposal
-
-        proposal = load_proposal(path)
-        name = proposal.provenance.get("space")
-        arch = proposal.arch
-        if name in space_names():
-            base = load_space(name).base
-            if (base.family, base.options, base.input_shape, base.num_classes) == (
-                    arch.family, arch.options, arch.input_shape, arch.num_classes):
-                return load_space(name), arch
-        return Space.from_architecture(arch, name=path), arch
-    arch = load_architecture(path)
-    return Space.from_architecture(arch, name=path), arch
-
-
-def describe(space: Space, arch: Architecture, recipe_name: str) -> dict[str, Any]:
-    cost, base_cost = count(arch), count(space.base)
-    recipe = RECIPES.get(recipe_name)
-    budgets = {mode: scratch_epochs(mode, recipe.epochs, base_cost.macs, cost.macs, space.scratch_b_cap,
-                                    recipe.milestones) for mode in ("scratch-e", "scratch-b")}
-    return {
-        "space": space.name,
-        "family": arch.family,
-        "options": arch.opts,
-        "input_shape": list(arch.input_shape),
-        "num_classes": arch.num_classes,
-        "slots": [{"name": s.name, "base": s.base, "width": w, "stage": s.stage, "tied": s.tied,
-                   "removable": s.removable} for s, w in zip(arch.slots, arch.widths)],
-        "widths": list(arch.widths),
-        "macs": cost.macs,
-        "flops": cost.flops,
-        "params": cost.params,
-        "macs_ratio": cost.macs / base_cost.macs,
-        "params_ratio": cost.params / base_cost.params,
-        "thop_macs_with_bn": thop_macs(arch),
-        "digest": arch.digest(),
-        "recipe": recipe_name,
-        "epochs": {mode: {"epochs": s.epochs, "milestones": list(s.milestones)} for mode, s in budgets.items()},
-    }
-
-
-def print_info(info: dict[str, Any]) -> None:
-    opts = ", ".join(f"{k}={v}" for k, v in info["options"].items())
-    print(f"{info['space']}: {info['family']}({opts}), input {info['input_shape']}, {info['num_classes']} classes")
-    print(f"{'#':>3} {'slot':28} {'width':>6} {'base':>6} {'stage':>5}  kind")
-    for i, s in enumerate(info["slots"]):
-        kind = "residual-tied" if s["tied"] else "removable" if s["removable"] else ""
-        print(f"{i:3d} {s['name']:28} {s['width']:6d} {s['base']:6d} {s['stage']:5d}  {kind}")
-    print(f"MACs   {info['macs']:,} ({format_macs(info['macs'])}; {info['macs_ratio']:.1%} of base; "
-          f"FLOPs = 2 x MACs = {format_macs(info['flops'])})")
-    print(f"params {info['params']:,} ({info['params_ratio']:.1%} of base)")
-    print(f"thop's own count (adds BatchNorm and pooling): {info['thop_macs_with_bn']:,}")
-    e, b = info["epochs"]["scratch-e"], info["epochs"]["scratch-b"]
-    print(f"recipe {info['recipe']}: Scratch-E {e['epochs']} epochs (milestones {e['milestones']}), "
-          f"Scratch-B {b['epochs']} epochs (milestones {b['milestones']})")
-    print(f"digest {info['digest']}")
 
 
 if __name__ == "__main__":

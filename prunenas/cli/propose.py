@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from prunenas.arch import MaskRef
 from prunenas.cost import count, format_macs
 from prunenas.errors import PrunenasError
-from prunenas.proposers import PROPOSERS, Proposal, Target, propose
+from prunenas.proposers import PROPOSERS, Target, propose
 from prunenas.proposers.basemodel import BaseModelProvider
+from prunenas.proposers.proposal import save_with_masks
 from prunenas.spaces import load_space
 
 
@@ -65,16 +63,3 @@ def run_propose(args: argparse.Namespace) -> int:
     if args.out:
         print(f"written to {args.out}")
     return 0
-
-
-def save_with_masks(proposal: Proposal, path: Path) -> None:
-    """Save the proposal JSON; a masks file is copied beside it so the folder is self-contained."""
-    if proposal.arch.masks is not None:
-        source = Path(proposal.arch.masks.path)
-        beside = path.parent / source.name
-        if source.resolve() != beside.resolve():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, beside)
-        masks = MaskRef(str(beside), proposal.arch.masks.sha256)
-        proposal = replace(proposal, arch=replace(proposal.arch, masks=masks))
-    proposal.save(path)

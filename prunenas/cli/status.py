@@ -9,6 +9,8 @@ from typing import Any
 from prunenas.errors import PrunenasError
 from prunenas.runs.results import FINAL
 from prunenas.runs.rundir import RunDir
+from prunenas.search.monitor import job_status
+from prunenas.search.study import trial_states
 
 
 def run_status(target: str, address: str | None = None) -> dict[str, Any]:
@@ -16,8 +18,6 @@ def run_status(target: str, address: str | None = None) -> dict[str, Any]:
     if not Path(target).exists():
         if address is None:
             raise PrunenasError(f"{target} is neither a run folder nor (without --address) a job id")
-        from prunenas.search.monitor import job_status
-
         info = job_status(address, target)
         run = info["metadata"].get("prunenas_run")
         if run and Path(run, "run.json").exists():
@@ -30,7 +30,7 @@ def run_status(target: str, address: str | None = None) -> dict[str, Any]:
     searched = [r for r in latest.values() if r["phase"] == "search" and r["status"] == "ok"]
     best = max(searched, key=lambda r: (r["val_acc"], -r["macs"]), default=None)
     info: dict[str, Any] = {"run": str(run.path), "status": state.get("status"), "phase": state.get("phase"),
-                            "trainings": dict(statuses), "search_trials": _study_states(run)}
+                            "trainings": dict(statuses), "search_trials": trial_states(run)}
     if best:
         info["best_so_far"] = (f"{best['method']} proposal {best['proposal']}: val {best['val_acc']:.2%} at "
                                f"{best['macs'] / 1e6:.2f}M MACs")
@@ -40,15 +40,3 @@ def run_status(target: str, address: str | None = None) -> dict[str, Any]:
         done = sum(1 for k in keys if latest.get(k, {}).get("status") in FINAL)
         info["evaluation"] = f"{done}/{len(keys)} trainings done"
     return info
-
-
-def _study_states(run: RunDir) -> dict[str, int]:
-    if not run.journal.exists():
-        return {}
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="search", storage=JournalStorage(JournalFileBackend(str(run.journal))))
-    return dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))

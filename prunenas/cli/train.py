@@ -10,6 +10,7 @@ from typing import Any
 
 from prunenas.arch import Architecture
 from prunenas.budget import scratch_epochs
+from prunenas.cli.common import resolve
 from prunenas.cost import count, format_macs
 from prunenas.data import load_data
 from prunenas.environment import environment
@@ -18,6 +19,7 @@ from prunenas.fileio import atomic_write_text
 from prunenas.recipes import RECIPES
 from prunenas.spaces import Space
 from prunenas.train import TrainConfig, format_epoch, train
+from prunenas.weights import save_weights
 
 RESULT_FORMAT = "prunenas.train-result/1"
 
@@ -41,8 +43,6 @@ def training_config(space: Space, arch: Architecture, args: argparse.Namespace) 
 
 
 def run_training(args: argparse.Namespace) -> int:
-    from prunenas.cli.main import resolve
-
     space, arch = resolve(args.target, args.preset)
     dataset = args.data or (None if args.target.endswith(".json") else space.dataset)
     if dataset is None:
@@ -71,8 +71,6 @@ def run_training(args: argparse.Namespace) -> int:
               "dataset": dataset, "budget": budget, "config": json.loads(json.dumps(config.__dict__)),
               "result": result.to_dict(), "environment": environment(config.device)}
     if out:
-        from prunenas.weights import save_weights
-
         save_weights(result.model, out / "weights.safetensors", {"digest": arch.digest()})
         atomic_write_text(out / "result.json", json.dumps(record, indent=2) + "\n")
         checkpoint.unlink(missing_ok=True)

@@ -32,17 +32,22 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 
+from prunenas import __version__
 from prunenas.arch import Architecture, from_dict, load_architecture
+from prunenas.cost import format_macs
 from prunenas.errors import PrunenasError
 from prunenas.experiment import ARMS
 from prunenas.fileio import atomic_write_bytes, file_sha256
 from prunenas.runs.results import finite_number, format_percent
 from prunenas.runs.rundir import RunDir
+from prunenas.spaces import load_space
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 FORMATS = ("json", "safetensors", "onnx", "pt2")
@@ -80,7 +85,7 @@ class Trial:
     @cached_property
     def arch(self) -> Architecture:
         """The architecture (a masks file resolved in ``RUN/proposals``, where the run keeps it)."""
-        return from_dict(self.row["arch"], base_dir=self.run.path / "proposals")
+        return from_dict(self.row["arch"], base_dir=self.run.proposals_dir)
 
     @property
     def weights_path(self) -> Path:
@@ -88,9 +93,6 @@ class Trial:
 
     def state(self) -> dict[str, torch.Tensor]:
         """The trained weights (state dict) as the run saved them."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         path = self.weights_path
         if not path.exists():
             raise PrunenasError(f"trial {self.key}: weights file {path} is missing")
@@ -180,8 +182,6 @@ def run_info(run: RunDir) -> dict[str, Any]:
     data = experiment.get("data") if isinstance(experiment.get("data"), dict) else {}
     dataset = data.get("name")
     if dataset is None and isinstance(space, str):
-        from prunenas.spaces import load_space
-
         try:
             dataset = load_space(space).dataset
         except PrunenasError:
@@ -198,10 +198,6 @@ def _space_name(space: Any) -> str | None:
 
 def trial_meta(trial: Trial) -> dict[str, Any]:
     """What every export of ``trial`` carries: cost, accuracy (labelled), provenance and checksums."""
-    import torch
-
-    from prunenas import __version__
-
     row, info = trial.row, run_info(trial.run)
     proposal = _proposal(trial)
     provenance = proposal.get("provenance", {})
@@ -257,8 +253,6 @@ def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
     Independent of the file format, so the checksum inside an export can be checked against the weights of
     any copy (the run's file, the exported safetensors, a pt2 program's state dict).
     """
-    import torch
-
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
@@ -355,23 +349,17 @@ def _write_arch_json(arch: Architecture, path: Path, meta: Mapping[str, Any]) ->
 
 
 def _write_safetensors(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
-    from safetensors.torch import save
-
     state = {k: v.contiguous() for k, v in trial.state().items()}
     atomic_write_bytes(path, save(state, metadata=encode_meta(meta)))
 
 
 def example_input(arch: Architecture, batch: int = 2) -> torch.Tensor:
     """A fixed random batch of ``arch``'s input shape (the trace input of the ONNX and pt2 exports)."""
-    import torch
-
     return torch.randn(batch, *arch.input_shape, generator=torch.Generator().manual_seed(0))
 
 
 def exported_program(model: nn.Module, arch: Architecture) -> Any:
     """``torch.export.export`` of ``model`` with a dynamic batch dimension (traced at batch 2)."""
-    import torch
-
     batch = torch.export.Dim("batch", min=1)
     try:
         return torch.export.export(model, (example_input(arch),), dynamic_shapes=({0: batch},))
@@ -381,8 +369,7 @@ def exported_program(model: nn.Module, arch: Architecture) -> Any:
 
 
 def _write_onnx(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
-    import onnx
-    import torch
+    import onnx  # only the ONNX export needs it, and it is slow to import
 
     program = exported_program(trial.model(), trial.arch)
     onnx_program = torch.onnx.export(program, (example_input(trial.arch),), dynamo=True, input_names=["input"],
@@ -395,8 +382,6 @@ def _write_onnx(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
 
 
 def _write_pt2(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
-    import torch
-
     program = exported_program(trial.model(), trial.arch)
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={PT2_META: json.dumps(meta, sort_keys=True)})
@@ -419,18 +404,14 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
             raise PrunenasError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
         return dict(data.get("meta", {})) if isinstance(data, dict) else {}
     if suffix == ".safetensors":
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as fh:
             return decode_meta(fh.metadata() or {})
     if suffix == ".onnx":
-        import onnx
+        import onnx  # only ONNX files need it, and it is slow to import
 
         proto = onnx.load(str(path), load_external_data=False)
         return decode_meta({p.key: p.value for p in proto.metadata_props})
     if suffix == ".pt2":
-        import torch
-
         extra = {PT2_META: ""}
         torch.export.load(str(path), extra_files=extra)
         return json.loads(extra[PT2_META]) if extra[PT2_META] else {}
@@ -464,12 +445,8 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
 
 def _exported_state(path: Path) -> dict[str, torch.Tensor] | None:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     if path.suffix == ".pt2":
-        import torch
-
         return dict(torch.export.load(str(path)).state_dict)  # parameters and persistent buffers
     return None  # ONNX folds and renames tensors; its file checksum is the check
 
@@ -483,8 +460,6 @@ def list_architectures(run_dirs: Sequence[str | os.PathLike], space: str | None 
     """The trained networks of ``run_dirs`` (status ok), one dict each, filtered by space, MACs and validation
     accuracy (``min_acc`` is a fraction in [0, 1]); per run, best validation accuracy first."""
     if space is not None:
-        from prunenas.spaces import load_space
-
         space = load_space(space).name  # an unknown space is an error, not an empty list
     if min_acc is not None and not 0 <= min_acc <= 1:
         raise PrunenasError(f"--min-acc {min_acc} must be a fraction in [0, 1] (validation accuracy)")
@@ -516,8 +491,6 @@ def _summary(run: RunDir, info: Mapping[str, Any], row: Mapping[str, Any]) -> di
 
 def format_architectures(rows: Iterable[Mapping[str, Any]]) -> str:
     """One line per network: run, key, method, arm, MACs, params, validation and test accuracy (%)."""
-    from prunenas.cost import format_macs
-
     rows = list(rows)
     if not rows:
         return "(no trained networks match)"

@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from prunenas.arch import from_dict
+from prunenas.cost import count
+from prunenas.errors import PrunenasError
 from prunenas.proposers import load_proposal
 from prunenas.runs.results import format_percent, mean_std, paired_difference
 from prunenas.runs.rundir import RunDir
@@ -75,7 +80,6 @@ def collect(run: RunDir) -> list[Group]:
             row = latest.get(entry["key"])
             if row is not None:
                 rows.setdefault((entry["arm"], entry["budget"]), {})[entry["seed"]] = row
-        from prunenas.cost import count
 
         cost = count(proposal.arch)
         arch = proposal.arch
@@ -178,8 +182,6 @@ def measure_latency(archs: Sequence[Any], batch: int, repeats: int = 15) -> list
     Interleaving and taking the minimum over ``repeats`` keep the comparison fair on a busy machine: both
     networks of a pair see the same interference, and the minimum is the least disturbed run.
     """
-    import torch
-
     models = [arch.build().eval() for arch in archs]
     inputs = [torch.randn(batch, *arch.input_shape) for arch in archs]
     best = [float("inf")] * len(models)
@@ -194,13 +196,11 @@ def measure_latency(archs: Sequence[Any], batch: int, repeats: int = 15) -> list
 
 
 def latency_table(run: RunDir, groups: Sequence[Group], batches: Sequence[int] = (1, 64)) -> list[dict[str, Any]]:
-    from prunenas.arch import from_dict
-
     out = []
     for g in groups:
         record: dict[str, Any] = {"method": g.method, "target": g.target_label, "macs": g.macs}
         rows = {arm: g.row(arm) for arm in ("proposed", "uniform") if g.row(arm) is not None}
-        archs = [from_dict(row["arch"], base_dir=run.path / "proposals") for row in rows.values()]
+        archs = [from_dict(row["arch"], base_dir=run.proposals_dir) for row in rows.values()]
         for b in batches:
             for arm, ms in zip(rows, measure_latency(archs, b)):
                 record[f"{arm}_ms_b{b}"] = ms
@@ -209,8 +209,6 @@ def latency_table(run: RunDir, groups: Sequence[Group], batches: Sequence[int] =
 
 
 def markdown_latency(records: Sequence[Mapping[str, Any]], batches: Sequence[int] = (1, 64)) -> str:
-    import torch
-
     header = ["method", "target", "MACs"] + [f"{arm} b{b} (ms)" for b in batches for arm in ("proposed", "uniform")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
@@ -298,17 +296,17 @@ def _mean(values: Mapping[int, float]) -> float:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # only the plots need it, and it is slow to import
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # headless: set the backend before pyplot is imported
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     plt.rcParams["svg.hashsalt"] = "prunenas"  # deterministic SVG ids
     return plt
 
 
 def _save(fig: Any, path: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only the plots need it, and it is slow to import
 
     paths = []
     for suffix, metadata in ((".png", {"Software": None}), (".svg", {"Date": None, "Creator": None})):
@@ -345,8 +343,6 @@ def write_report(run: RunDir, out: str | os.PathLike | None = None, fmt: str = "
         (out / "report.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         written["files"].append("report.json")
     else:
-        from prunenas.errors import PrunenasError
-
         raise PrunenasError(f"--format {fmt!r} must be md, csv or json")
     if groups:
         for paths in (plot_accuracy_vs_macs(groups, out / "accuracy_vs_macs"), plot_widths(groups, out / "widths")):

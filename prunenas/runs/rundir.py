@@ -36,8 +36,13 @@ class RunDir:
     def results(self) -> ResultsStore:
         return ResultsStore(self.path / "results.jsonl")
 
+    @property
+    def proposals_dir(self) -> Path:
+        """Proposal JSONs and their masks files (masked architectures' rows resolve mask paths against it)."""
+        return self.path / "proposals"
+
     def proposal_path(self, proposal_id: str) -> Path:
-        return self.path / "proposals" / f"{proposal_id}.json"
+        return self.proposals_dir / f"{proposal_id}.json"
 
     def weights_path(self, key: str) -> Path:
         return self.path / "weights" / f"{key}.safetensors"

@@ -18,7 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ray.job_submission import JobSubmissionClient
+from ray.util import metrics
+
+import prunenas
 from prunenas.errors import PrunenasError
+from prunenas.spaces import spaces_dir
 
 TAGS = ("run", "phase", "trial", "method", "arm")
 _METRICS: dict[str, Any] = {}
@@ -27,8 +32,6 @@ _METRICS: dict[str, Any] = {}
 def _metric(name: str) -> Any:
     """Create each metric once per process (Ray refuses duplicates)."""
     if name not in _METRICS:
-        from ray.util import metrics
-
         description = {
             "prunenas_epoch": "epochs finished by the trial",
             "prunenas_val_accuracy": "validation accuracy after the last epoch",
@@ -84,8 +87,6 @@ def auth_headers() -> dict[str, str]:
 
 
 def job_client(address: str) -> Any:
-    from ray.job_submission import JobSubmissionClient
-
     try:
         return JobSubmissionClient(address, headers=auth_headers())
     except Exception as err:  # noqa: BLE001 - connection and auth errors become one clear line
@@ -101,12 +102,9 @@ def submit(experiment: str | os.PathLike, address: str, run_dir: str, extra_args
     so the cluster runs this exact code (its other dependencies — torch, ray, optuna — must be installed on
     the cluster). ``run_dir`` must be a path the cluster can write (shared storage on a multi-node cluster).
     """
-    import prunenas
-
     experiment = Path(experiment)
     if not experiment.is_file():
         raise PrunenasError(f"experiment file {experiment} does not exist")
-    from prunenas.spaces import spaces_dir
 
     client = job_client(address)
     with tempfile.TemporaryDirectory(prefix="prunenas-job-") as tmp:

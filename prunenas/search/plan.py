@@ -9,30 +9,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from prunenas.budget import cost_of
-from prunenas.experiment import Experiment, Range, Setting
+from prunenas.budget import cost_of, scratch_epochs
+from prunenas.cost import count
+from prunenas.experiment import Experiment, Range, Setting, setting_values, target_choices, target_setting
 from prunenas.proposers import PROPOSERS, Target
+from prunenas.recipes import RECIPES
 
 # -- the sampled space ----------------------------------------------------------------------------------
-
-
-def target_setting(exp: Experiment, method: str) -> Setting:
-    """Target choices of ``method``: the experiment's, plus presets (``targets.presets``, by default all the
-    space's) for methods that have presets. A sampled range of targets does not mix with presets."""
-    setting = exp.target[1]
-    presets = exp.space.presets if exp.presets is None else exp.presets
-    if method != "direct" and PROPOSERS.get(method).presets and presets and not isinstance(setting, Range):
-        fixed = setting if isinstance(setting, list) else [setting]
-        return fixed + [f"preset:{name}" for name in presets]
-    return setting
-
-
-def target_choices(exp: Experiment, method: str) -> list[Any]:
-    """Every target value ``method`` may be asked for (a range: its ends)."""
-    setting = target_setting(exp, method)
-    if isinstance(setting, Range):
-        return [setting.low, setting.high]
-    return list(setting) if isinstance(setting, list) else [setting]
 
 
 def suggest(trial: Any, exp: Experiment) -> dict[str, Any]:
@@ -134,9 +117,7 @@ def grid_points(exp: Experiment) -> list[dict[str, Any]]:
 
 
 def _choices(setting: Setting) -> list[Any]:
-    if isinstance(setting, Range):
-        return [_middle(setting)]
-    return list(setting) if isinstance(setting, list) else [setting]
+    return setting_values(setting, lambda r: [_middle(r)])
 
 
 def _middle(setting: Setting) -> Any:
@@ -199,10 +180,6 @@ def select_proposals(exp: Experiment, scores: Mapping[str, tuple[float, int]]) -
 
 def estimate(exp: Experiment, train_images: int, num_samples: int | None = None) -> dict[str, Any]:
     """Planned trials per phase and their cost in forward MACs x images x epochs (training ~3x that)."""
-    from prunenas.budget import scratch_epochs
-    from prunenas.cost import count
-    from prunenas.recipes import RECIPES
-
     base_macs = count(exp.space.base).macs
     base_recipe = RECIPES.get(exp.base_recipe)
     base_epochs = exp.base_epochs or base_recipe.epochs
@@ -255,8 +232,6 @@ def _planned_targets(exp: Experiment) -> list[Any]:
 
 def _target_macs(exp: Experiment, target: Any) -> float:
     """MACs a target is expected to give (exact for presets; params targets scaled by the base's MACs/params)."""
-    from prunenas.cost import count
-
     if isinstance(target, str):
         return count(exp.space.preset(target.removeprefix("preset:"))).macs
     cost = target_cost(exp, target)

@@ -27,11 +27,14 @@ import optuna
 import ray
 import yaml
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from prunenas.cost import count
+from prunenas.errors import PrunenasError
 from prunenas.experiment import Experiment, experiment_from_dict
 from prunenas.proposers import load_proposal
+from prunenas.proposers.basemodel import RegularizerSpec
 from prunenas.runs.results import FINAL
 from prunenas.runs.rundir import RunDir
 from prunenas.search import monitor
@@ -43,9 +46,8 @@ from prunenas.search.plan import (
     suggest,
     target_object,
 )
+from prunenas.search.study import STUDY, storage
 from prunenas.trial import Context, Training, make_proposal, plan_arms, proposal_id, run_training, training_key
-
-STUDY = "search"
 
 
 def run_search(exp: Experiment, out: str | os.PathLike | None = None, *, address: str | None = None,
@@ -65,8 +67,6 @@ def resume(path: str | os.PathLike, *, address: str | None = None, dashboard: bo
     run = RunDir(path)
     state = run.state()
     if state.get("status") == "finished":
-        from prunenas.errors import PrunenasError
-
         raise PrunenasError(f"{run.path} is finished; nothing to resume (report it with `prunenas report {run.path}`)")
     exp = experiment_from_dict(yaml.safe_load((run.path / "experiment.yaml").read_text()), state.get("name", "run"))
     _execute(run, exp, address or exp.address, dashboard)
@@ -186,8 +186,6 @@ def _phase_base_models(ctx: Context) -> None:
 
 
 def _base_model_trial(config: dict, ctx: Context) -> None:
-    from prunenas.proposers.basemodel import RegularizerSpec
-
     spec = config["base"]["spec"]
     spec = None if spec is None else RegularizerSpec(spec["kind"], tuple((k, _tuple(v)) for k, v in spec["params"]))
     provider = ctx.provider()
@@ -217,13 +215,6 @@ class _Searcher(OptunaSearch):
         super().on_trial_complete(trial_id, final, error)
 
 
-def _storage(run: RunDir) -> optuna.storages.BaseStorage:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(run.journal)))
-
-
 def _sampler(exp: Experiment) -> optuna.samplers.BaseSampler:
     seed = exp.search_seeds[0]
     if exp.sampler == "nsga2":
@@ -244,9 +235,9 @@ def prepare_study(run: RunDir, exp: Experiment) -> tuple[int, int]:
 
     Returns (trials finished, trials still to run).
     """
-    storage = _storage(run)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    study = optuna.create_study(storage=storage, study_name=STUDY, load_if_exists=True, **_directions(exp))
+    journal = storage(run)
+    names = [s.study_name for s in optuna.get_all_study_summaries(journal)]
+    study = optuna.create_study(storage=journal, study_name=STUDY, load_if_exists=True, **_directions(exp))
     if STUDY not in names:
         points = grid_points(exp) if exp.sampler == "grid" else enqueued_points(exp) if exp.enqueue else []
         for point in points:
@@ -271,11 +262,9 @@ def _phase_search(ctx: Context) -> None:
         return
     metric, mode = (["score", "macs"], ["max", "min"]) if len(exp.objectives) == 2 else ("score", "max")
     searcher = _Searcher(space=functools.partial(suggest, exp=exp), metric=metric, mode=mode,
-                         sampler=_sampler(exp), study_name=STUDY, storage=_storage(ctx.run))
+                         sampler=_sampler(exp), study_name=STUDY, storage=storage(ctx.run))
     scheduler = None
     if exp.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
         scheduler = ASHAScheduler(metric="epoch_val_acc", mode="max", grace_period=1,
                                   max_t=max(1, (exp.epochs or 1)) * len(exp.search_seeds))
     results = _tuner(ctx, _search_trial, _attempt_name(ctx, "search"), {}, search_alg=searcher,
@@ -368,6 +357,4 @@ def _raise_if_all_failed(results: Any, phase: str) -> None:
         print(f"{phase}: {errors} trial(s) failed (rows marked failed; `prunenas resume` retries them)",
               file=sys.stderr)
     if errors and errors == len(results):
-        from prunenas.errors import PrunenasError
-
         raise PrunenasError(f"every trial of {phase} failed; first error: {results.errors[0]}")
