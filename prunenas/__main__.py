@@ -1,5 +1,5 @@
 import sys
 
-from prunenas.cli import main
+from prunenas.cli.main import main
 
 sys.exit(main())

@@ -17,8 +17,13 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
 from prunenas.errors import ArchitectureError
+from prunenas.families import FAMILIES
 from prunenas.fileio import atomic_write_text, file_sha256, read_text
+from prunenas.masks import apply_masks
 
 if TYPE_CHECKING:
     import torch
@@ -44,9 +49,6 @@ class MaskRef:
 
 @lru_cache(maxsize=64)
 def _load_masks(path: str, sha256: str) -> tuple[tuple[str, torch.Tensor], ...]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not os.path.exists(path):
         raise ArchitectureError(f"masks file {path} does not exist")
     try:
@@ -138,8 +140,6 @@ class Architecture:
         """A freshly initialised ``nn.Module`` with exactly these widths (and masks applied, if any)."""
         model = self.family_obj.build(self)
         if self.masks is not None:
-            from prunenas.masks import apply_masks
-
             apply_masks(model, self.masks.load())
         return model
 
@@ -243,8 +243,6 @@ def _is_int(v: Any) -> bool:
 
 
 def _family(name: str) -> Family:
-    from prunenas.families import FAMILIES
-
     if not isinstance(name, str):
         raise ArchitectureError(f"family must be a name, got {name!r}")
     try:

@@ -17,7 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from prunenas.arch import Architecture
+import torch
+from torch import nn
+
+from prunenas.arch import Architecture, MaskRef
 from prunenas.families.base import Layer
 
 
@@ -93,8 +96,6 @@ def mask_nonzeros(arch: Architecture) -> dict[str, int]:
 
 @lru_cache(maxsize=256)
 def _mask_nonzeros(path: str, sha256: str) -> dict[str, int]:
-    from prunenas.arch import MaskRef
-
     return {name: int(mask.sum()) for name, mask in MaskRef(path, sha256).load().items()}
 
 
@@ -113,9 +114,7 @@ def thop_macs(arch: Architecture, count_norm: bool = True) -> int:
     every non-conv/linear rule off, which must equal :func:`macs`. thop registers buffers on the modules it
     profiles, so it always runs on a freshly built throw-away model.
     """
-    import thop
-    import torch
-    from torch import nn
+    import thop  # only `prunenas info` compares with thop; it also needs setuptools on Python >= 3.12
 
     model = arch.build().eval()
     custom = {}

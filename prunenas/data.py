@@ -24,6 +24,9 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
 
 from prunenas.errors import PrunenasError
 from prunenas.registry import Registry
@@ -324,8 +327,6 @@ def _download(cls_name: str, folder: str) -> bool:
     """Try torchvision's download (online machines only); False when it fails or $PRUNENAS_NO_DOWNLOAD is set."""
     if os.environ.get("PRUNENAS_NO_DOWNLOAD"):
         return False
-    import torchvision
-
     try:
         getattr(torchvision.datasets, cls_name)(os.path.expanduser(folder), download=True)
         return True
@@ -439,8 +440,6 @@ class FolderSplit:
 
     def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
                 generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[Batch]:
-        from torch.utils.data import DataLoader, Subset
-
         view = self.train_view if augment else self.eval_view
         loader = DataLoader(Subset(view, self.indices), batch_size=batch_size, shuffle=shuffle, generator=generator,
                             num_workers=self.workers, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
@@ -455,8 +454,6 @@ def imagenet(*, root=None, input_shape=(3, 224, 224), seed=0, val_size=None, sub
     Training: RandomResizedCrop + flip; evaluation: resize to size/0.875 and centre crop. The validation split
     is ``val_size`` images of ``train/`` (evaluation transform); ``val/`` is the test set.
     """
-    from torchvision import datasets, transforms
-
     paths = search_paths(root, "~/.cache/prunenas/imagenet", "/datasets/imagenet")
     folder = next((p for p in paths if (p / "train").is_dir() and (p / "val").is_dir()), None)
     if folder is None:

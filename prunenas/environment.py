@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
+import prunenas
+
 
 def environment(device: str | None = None) -> dict[str, Any]:
-    import prunenas
-
     info: dict[str, Any] = {
         "prunenas": prunenas.__version__,
         "torch": torch.__version__,

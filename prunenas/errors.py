@@ -28,3 +28,11 @@ class SpaceError(PrunenasError, ValueError):
 
 class BudgetError(PrunenasError, ValueError):
     """A cost target that cannot be met."""
+
+
+class TrainingDiverged(PrunenasError):
+    """The loss became NaN or infinite. Callers record it and never retry it."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(f"training diverged at epoch {epoch}, step {step}: loss {loss}")

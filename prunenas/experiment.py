@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from prunenas.budget import cost_of
 from prunenas.data import DATASETS
 from prunenas.errors import PrunenasError
 from prunenas.fileio import read_text
+from prunenas.pretrained import check_weights_name, torchvision_builder
+from prunenas.proposers import PROPOSERS
 from prunenas.recipes import RECIPES
 from prunenas.spaces import Space, load_space
 
@@ -52,7 +55,34 @@ class Range:
     integer: bool = False
 
 
+    def ends(self) -> list[float]:
+        return [self.low, self.high]
+
+
 Setting = Any  # a fixed value, a list of choices, or a Range
+
+
+def setting_values(setting: Setting, range_values: Callable[[Range], list[Any]] = Range.ends) -> list[Any]:
+    """A setting as a list of values: a list's items, a fixed value alone, a range's ``range_values`` (its ends)."""
+    if isinstance(setting, Range):
+        return range_values(setting)
+    return list(setting) if isinstance(setting, list) else [setting]
+
+
+def target_setting(exp: Experiment, method: str) -> Setting:
+    """Target choices of ``method``: the experiment's, plus presets (``targets.presets``, by default all the
+    space's) for methods that have presets. A sampled range of targets does not mix with presets."""
+    setting = exp.target[1]
+    presets = exp.space.presets if exp.presets is None else exp.presets
+    if method != "direct" and PROPOSERS.get(method).presets and presets and not isinstance(setting, Range):
+        fixed = setting if isinstance(setting, list) else [setting]
+        return fixed + [f"preset:{name}" for name in presets]
+    return setting
+
+
+def target_choices(exp: Experiment, method: str) -> list[Any]:
+    """Every target value ``method`` may be asked for (a range: its ends)."""
+    return setting_values(target_setting(exp, method))
 
 
 @dataclass(frozen=True)
@@ -283,8 +313,6 @@ def _recipe(name: str, where: str) -> str:
 
 
 def _proposers(data: dict) -> dict[str, dict[str, Setting]]:
-    from prunenas.proposers import PROPOSERS
-
     if not data:
         raise ExperimentError("proposers: empty; name at least one of: " + ", ".join(PROPOSERS.names()))
     out: dict[str, dict[str, Setting]] = {}
@@ -387,8 +415,6 @@ def _targets(targets: _Reader) -> Setting:
 
 
 def _weights(weights: str | None) -> str | None:
-    from prunenas.pretrained import check_weights_name
-
     try:
         return None if weights is None else check_weights_name(weights)
     except PrunenasError as err:
@@ -414,9 +440,6 @@ def _objectives(search: _Reader) -> tuple[str, ...]:
 
 
 def _cross_checks(exp: Experiment) -> None:
-    from prunenas.budget import cost_of
-    from prunenas.plan import target_choices
-
     for method in exp.proposers:
         if not target_choices(exp, method):
             raise ExperimentError(f"proposers.{method}: no target to propose at ({method} has no presets); "
@@ -437,7 +460,7 @@ def _cross_checks(exp: Experiment) -> None:
                               "their evaluation (a winner's-curse bias); give disjoint seeds or select: all")
     kind, setting = exp.target
     smallest = cost_of(exp.space.arch(exp.space.lower), exp.match)
-    for value in _setting_values(setting):
+    for value in setting_values(setting):
         cost = value * cost_of(exp.space.base, exp.match) if kind == "ratio" else value
         if cost < smallest:
             raise ExperimentError(f"targets.{kind}: {value} ({cost:.0f} {exp.match}) is below the smallest "
@@ -446,17 +469,13 @@ def _cross_checks(exp: Experiment) -> None:
 
 def _check_published_base(exp: Experiment) -> None:
     """Published weights have no initial state (lottery) and no regulariser (slimming, SSS, SFP)."""
-    from prunenas.plan import base_model_specs
-    from prunenas.pretrained import torchvision_builder
-
     if "lottery" in exp.arms:
         raise ExperimentError("arms: lottery restarts from the base model's initial weights, which base.weights "
                               f"({exp.base_weights}) does not have; drop lottery or base.weights")
-    for method, spec in base_model_specs(exp):
-        if spec is not None:
-            raise ExperimentError(f"base.weights: {method} trains its base model with a regulariser "
-                                  f"({spec.kind}); published weights serve methods that prune a plainly trained "
-                                  "network")
+    for method in exp.proposers:
+        if PROPOSERS.get(method).regularised_base:
+            raise ExperimentError(f"base.weights: {method} trains its base model with a regulariser; published "
+                                  "weights serve methods that prune a plainly trained network")
     if exp.base_weights.startswith("torchvision:"):
         try:
             torchvision_builder(exp.space.base)
@@ -470,9 +489,3 @@ def _all_settings(exp: Experiment) -> list[tuple[str, Setting]]:
     if exp.lr is not None:
         out.append(("recipe.lr", exp.lr))
     return out
-
-
-def _setting_values(setting: Setting) -> list[Any]:
-    if isinstance(setting, Range):
-        return [setting.low, setting.high]
-    return list(setting) if isinstance(setting, list) else [setting]

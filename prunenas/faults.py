@@ -13,6 +13,8 @@ import os
 import signal
 from typing import Any
 
+from prunenas.errors import TrainingDiverged
+
 ENV = "PRUNENAS_FAULT"
 
 
@@ -39,6 +41,4 @@ def fault_point(name: str, **context: Any) -> None:
         if action == "raise":
             raise InjectedFault(f"injected fault at {name} {context}")
         if action == "diverge":
-            from prunenas.train import TrainingDiverged
-
             raise TrainingDiverged(1, 0, float("nan"))

@@ -16,6 +16,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from safetensors.torch import load_file
+from torchvision.models import get_model_weights
 
 from prunenas.arch import Architecture
 from prunenas.errors import PrunenasError
@@ -84,8 +86,6 @@ def load_weights_state(weights: str, arch: Architecture) -> dict[str, torch.Tens
     """The state dict of ``weights``, checked to fit ``arch.build()`` exactly (same keys and shapes)."""
     path = ensure_available(weights, arch)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         try:
@@ -116,8 +116,6 @@ def _check_fits(state: dict[str, torch.Tensor], arch: Architecture, weights: str
 
 
 def _torchvision_weights(weights: str, arch: Architecture):
-    from torchvision.models import get_model_weights
-
     enum = get_model_weights(torchvision_builder(arch))
     name = weights.removeprefix(TORCHVISION)
     try:

@@ -26,6 +26,7 @@ import yaml
 from prunenas.arch import Architecture
 from prunenas.errors import PrunenasError, SpaceError
 from prunenas.fileio import read_text
+from prunenas.presets import preset_widths
 
 _KEYS = {"description", "family", "options", "dataset", "input_shape", "num_classes", "multiple_of",
          "min_width", "min_ratio", "recipe", "scratch_b_cap", "presets"}
@@ -81,8 +82,6 @@ class Space:
 
     def preset(self, name: str) -> Architecture:
         """A named architecture of this space (e.g. the L1-norm paper's ``A``/``B``)."""
-        from prunenas.presets import preset_widths
-
         if name not in self.presets:
             raise SpaceError(f"space {self.name!r} has no preset {name!r}; presets: "
                              f"{', '.join(self.presets) or '(none)'}")

@@ -11,6 +11,7 @@ read once at the end) — never the best epoch picked on the test set.
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ from torch import nn
 from prunenas.arch import Architecture
 from prunenas.cost import count
 from prunenas.data import Data, Split
-from prunenas.errors import PrunenasError
+from prunenas.errors import PrunenasError, TrainingDiverged
 from prunenas.faults import fault_point
 from prunenas.fileio import atomic_write_bytes
 from prunenas.masks import has_masks, reapply_masks
@@ -77,14 +78,6 @@ class TrainConfig(Recipe):
             raise PrunenasError(f"schedule {self.schedule!r} must be one of {', '.join(SCHEDULES)}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise PrunenasError(f"amp {self.amp!r} must be auto, bf16, fp16 or off")
-
-
-class TrainingDiverged(PrunenasError):
-    """The loss became NaN or infinite. Callers record it and never retry it."""
-
-    def __init__(self, epoch: int, step: int, loss: float) -> None:
-        self.epoch, self.step, self.loss = epoch, step, loss
-        super().__init__(f"training diverged at epoch {epoch}, step {step}: loss {loss}")
 
 
 class Regularizer:
@@ -333,8 +326,6 @@ class _Run:
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def save(self, path: str | Path, epochs_done: int) -> None:
-        import io
-
         state = {"epochs_done": epochs_done, "steps": self.steps, "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "regularizer": self.regularizer.state_dict(),

@@ -109,8 +109,8 @@ def test_scratch_epochs_bad_mode():
 @pytest.mark.parametrize("budget", ["scratch-e", "scratch-b"])
 def test_an_experiments_epochs_scale_the_recipes_milestones_once(tmp_path, budget):
     from prunenas.experiment import experiment_from_dict
-    from prunenas.rundir import RunDir
-    from prunenas.trials import Context, Training, training_config
+    from prunenas.runs.rundir import RunDir
+    from prunenas.trial import Context, Training, training_config
 
     exp = experiment_from_dict({"space": "tiny-synthetic", "data": {"name": "synthetic"},
                                 "proposers": {"uniform": {}}, "targets": {"ratios": [0.6]},

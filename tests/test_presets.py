@@ -7,7 +7,7 @@ import pytest
 
 from prunenas.arch import Architecture
 from prunenas.budget import scratch_epochs
-from prunenas.cli import main
+from prunenas.cli.main import main
 from prunenas.cost import count
 from prunenas.errors import SpaceError
 from prunenas.recipes import RECIPES

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from prunenas.cli import main
+from prunenas.cli.main import main
 from prunenas.errors import PrunenasError
 from prunenas.experiment import ExperimentError, experiment_from_dict
 from prunenas.pretrained import load_weights_state, torchvision_builder

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from prunenas.report import collect, markdown_table, table_rows
-from prunenas.results import significant
-from prunenas.rundir import RunDir
+from prunenas.runs.report import collect, markdown_table, table_rows
+from prunenas.runs.results import significant
+from prunenas.runs.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from prunenas.arch import Architecture
-from prunenas.families import register_family
 from prunenas.families.base import INPUT, Family, Layer, Option, Slot
 from prunenas.families.common import SlotTable, bn, conv, init_weights, linear, scale
+from prunenas.families.registry import register_family
+
+if TYPE_CHECKING:
+    from prunenas.arch import Architecture
 
 # expansion t, output channels c, blocks n, first stride s (torchvision's inverted_residual_setting)
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunenas.arch import Architecture
 from prunenas.errors import ArchitectureError
-from prunenas.families import register_family
 from prunenas.families.base import INPUT, Family, Layer, Option, Slot
 from prunenas.families.common import SlotTable, bn, conv, conv_out, init_weights, linear, scale
+from prunenas.families.registry import register_family
+
+if TYPE_CHECKING:
+    from prunenas.arch import Architecture
 
 INNER = (16, 32, 64)
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunenas.arch import Architecture
-from prunenas.families import register_family
 from prunenas.families.base import INPUT, Family, Layer, Option, Slot
 from prunenas.families.common import SlotTable, bn, conv, conv_out, init_weights, linear, scale
+from prunenas.families.registry import register_family
+
+if TYPE_CHECKING:
+    from prunenas.arch import Architecture
 
 DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 PLANES = (64, 128, 256, 512)

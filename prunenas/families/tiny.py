@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunenas.arch import Architecture
 from prunenas.errors import ArchitectureError
-from prunenas.families import register_family
 from prunenas.families.base import INPUT, Family, Layer, Option, Slot
 from prunenas.families.common import bn, conv, init_weights, linear, scale
+from prunenas.families.registry import register_family
 from prunenas.families.resnet_cifar import BasicBlock
+
+if TYPE_CHECKING:
+    from prunenas.arch import Architecture
 
 STEM, STREAM = 0, 1
 

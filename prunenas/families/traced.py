@@ -21,21 +21,27 @@ a channel there changes the statistics of the others, so zeroing channels is not
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from prunenas.arch import Architecture
-from prunenas.errors import ArchitectureError, PrunenasError
-from prunenas.families import register_family
+from prunenas.errors import ArchitectureError
 from prunenas.families.base import INPUT, Family, Layer, Option, Slot
-from prunenas.families.tracing import LeafRule, Site, TracingError, analyse, parse_reference, rule_for
+from prunenas.families.registry import register_family
+from prunenas.families.tracing import (
+    LeafRule,
+    Site,
+    TracingError,
+    analyse,
+    instantiate_on_meta,
+    parse_reference,
+    rule_for,
+)
 
 if TYPE_CHECKING:
-    from prunenas.spaces import Space
+    from prunenas.arch import Architecture
 
 NAME = "traced"
 
@@ -53,7 +59,7 @@ class TracedFamily(Family):
     def check_options(self, options: Mapping[str, Any]) -> None:
         if not options["model"]:
             raise ArchitectureError("family 'traced' needs option 'model' (e.g. torchvision:resnet50)")
-        analysis = _analysis(options)
+        analysis = analysis_of(options)
         if options["graph"] and options["graph"] != analysis.graph_hash:
             raise ArchitectureError(f"model {options['model']!r} now traces to graph {analysis.graph_hash}, not "
                                     f"{options['graph']} (a library or the model code changed); trace it again")
@@ -66,7 +72,7 @@ class TracedFamily(Family):
         return [layer for site in plan.sites if (layer := plan.layer(site)) is not None]
 
     def check(self, arch: Architecture) -> None:
-        analysis = _analysis(arch.opts)
+        analysis = analysis_of(arch.opts)
         channels = analysis.groups[0].channels
         if arch.input_shape[0] != channels:
             raise ArchitectureError(f"model {arch.opts['model']!r} reads {channels} input channels; input_shape "
@@ -84,8 +90,8 @@ class TracedFamily(Family):
     def repair_widths(self, options: Mapping[str, Any], widths: Sequence[int]) -> tuple[int, ...]:
         """Raise the outputs of zero-padding leaves to their input widths (in graph order)."""
         out = list(widths)
-        slot_of = _slot_index(options["model"], parse_shape(options["shape"]))
-        for site in _analysis(options).sites:
+        slot_of = slot_index(options["model"], parse_shape(options["shape"]))
+        for site in analysis_of(options).sites:
             rule = _leaf_rule(site, options)
             if rule is None or not rule.min_out_is_in or site.output not in slot_of:
                 continue
@@ -121,39 +127,6 @@ class TracedFamily(Family):
                 rule.zero(model.get_submodule(site.name), dropped[slot], plan.in_width(site))
 
 
-# -- from reference to space --------------------------------------------------------------------------------
-def traced_space(reference: str, input_shape: Sequence[int] | None = None, num_classes: int | None = None,
-                 name: str = "", **space_fields: Any) -> Space:
-    """The search space of a model reference (the entry point for ``torchvision:resnet50`` as a space).
-
-    Args:
-        reference: ``torchvision:NAME``, ``timm:NAME`` or ``package.module:factory``, with ``?key=value``
-            keyword arguments for the factory.
-        input_shape: (C, H, W); default 3x224x224 for torchvision and timm, required otherwise.
-        num_classes: classes of the task; passed to torchvision/timm factories as ``num_classes`` unless the
-            reference sets it, and checked against the model's output otherwise.
-        name: the space's name (default: the reference).
-        space_fields: further :class:`~prunenas.spaces.Space` fields (dataset, multiple_of, recipe, ...).
-
-    Raises:
-        PrunenasError: one line naming the reference and what failed (import, factory, tracing, shape).
-    """
-    from prunenas.spaces import Space
-
-    ref = parse_reference(reference)
-    if num_classes is not None and ref.source in ("torchvision", "timm"):
-        ref = ref.with_kwargs(num_classes=num_classes)
-    shape = tuple(input_shape) if input_shape is not None else ref.default_shape
-    if shape is None:
-        raise TracingError(f"model {ref.text!r} needs an input shape C,H,W (e.g. 3,32,32)")
-    if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
-        raise TracingError(f"input shape {list(shape)} for model {ref.text!r} must be 3 positive integers C,H,W")
-    analysis = analyse(ref.text, shape)
-    classes = analysis.output_shape[-1] if analysis.output_shape else num_classes
-    options = {"model": ref.text, "shape": format_shape(shape), "graph": analysis.graph_hash}
-    return Space(name or ref.text, NAME, options, shape, num_classes or classes, **space_fields)
-
-
 def parse_shape(text: str) -> tuple[int, int, int]:
     """``"3,224,224"`` -> ``(3, 224, 224)``; anything else raises :class:`ArchitectureError`."""
     try:
@@ -169,45 +142,8 @@ def format_shape(shape: Sequence[int]) -> str:
     return ",".join(str(int(v)) for v in shape)
 
 
-@dataclass(frozen=True)
-class Coverage:
-    """How much of a traced network the search can change.
-
-    Attributes:
-        macs: conv and linear MACs of the base network (batch 1).
-        searchable_macs: MACs of the conv/linear layers that read or write a searchable slot.
-        frozen: (first producer, channels, reason) of every frozen channel group.
-        mixing_norm_slots: slots normalised by a LayerNorm over channels.
-    """
-
-    macs: int
-    searchable_macs: int
-    frozen: tuple[tuple[str, int, str], ...]
-    mixing_norm_slots: tuple[int, ...]
-
-    @property
-    def share(self) -> float:
-        return self.searchable_macs / self.macs if self.macs else 0.0
-
-
-def coverage(arch: Architecture) -> Coverage:
-    """Searchable share of the MACs of ``arch`` (a traced architecture) and its frozen channels."""
-    from prunenas.cost import layer_macs
-
-    if arch.family != NAME:
-        raise PrunenasError(f"coverage is defined for traced architectures, not family {arch.family!r}")
-    counted = [layer for layer in arch.layers if layer.kind in ("conv", "linear")]
-    searchable = sum(layer_macs(layer) for layer in counted
-                     if layer.output is not None or any(s != INPUT for s in layer.inputs))
-    analysis = _analysis(arch.opts)
-    slot_of = _slot_index(arch.opts["model"], parse_shape(arch.opts["shape"]))
-    mixing = tuple(sorted(slot_of[g] for g, info in analysis.groups.items()
-                          if g in slot_of and info.normalised_by_mixing_norm))
-    return Coverage(sum(layer_macs(layer) for layer in counted), searchable, tuple(analysis.frozen()), mixing)
-
-
 # -- internals ------------------------------------------------------------------------------------------
-def _analysis(options: Mapping[str, Any]):
+def analysis_of(options: Mapping[str, Any]):
     return analyse(options["model"], parse_shape(options["shape"]))
 
 
@@ -225,7 +161,7 @@ def _slots(model: str, shape: tuple[int, int, int]) -> tuple[Slot, ...]:
 
 
 @lru_cache(maxsize=64)
-def _slot_index(model: str, shape: tuple[int, int, int]) -> dict[int, int]:
+def slot_index(model: str, shape: tuple[int, int, int]) -> dict[int, int]:
     return {g: i for i, g in enumerate(analyse(model, shape).slot_groups)}
 
 
@@ -238,8 +174,6 @@ def _leaf_rule(site: Site, options: Mapping[str, Any]) -> LeafRule | None:
 @lru_cache(maxsize=64)
 def _leaf_rules(model: str, shape: tuple[int, int, int]) -> dict[str, LeafRule]:
     """Rules of the leaf sites (looked up on a meta instance of the model)."""
-    from prunenas.families.tracing import instantiate_on_meta
-
     leaves = [s.name for s in analyse(model, shape).sites if s.kind == "leaf"]
     if not leaves:
         return {}
@@ -258,7 +192,7 @@ class _Plan:
         if set(self.geometry) != {s.name for s in self.analysis.sites}:
             raise ArchitectureError(f"model {model!r} traces to different layers at input {list(input_shape)} "
                                     f"than at {shape_text}")
-        self.slot_of = _slot_index(model, shape)
+        self.slot_of = slot_index(model, shape)
         self.widths = widths
         self.sites = self.analysis.sites
         self.rules = _leaf_rules(model, shape)

@@ -38,8 +38,12 @@ from typing import Any, Literal
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torchvision import models
+from torchvision.models.convnext import LayerNorm2d
+from torchvision.ops import stochastic_depth
 
 from prunenas.errors import PrunenasError
+from prunenas.families.resnet_cifar import ZeroPadShortcut
 
 DEFAULT_SHAPE = (3, 224, 224)
 """Input shape (C, H, W) of ``torchvision:`` and ``timm:`` references unless given."""
@@ -131,8 +135,6 @@ def parse_reference(text: str) -> Reference:
 
 
 def _torchvision_factory(name: str) -> Callable[..., nn.Module]:
-    from torchvision import models
-
     known = models.list_models(module=models)
     if name not in known:
         raise TracingError(f"torchvision has no classification model {name!r}; e.g. {', '.join(known[:5])}, ...")
@@ -141,7 +143,7 @@ def _torchvision_factory(name: str) -> Callable[..., nn.Module]:
 
 def _timm_factory(name: str) -> Callable[..., nn.Module]:
     try:
-        import timm
+        import timm  # an optional extra (pip install timm): only timm: references need it
     except ImportError:
         raise TracingError(f"model 'timm:{name}' needs the optional timm package (pip install timm)") from None
     if not timm.is_model(name):
@@ -213,14 +215,8 @@ def rule_for(module: nn.Module) -> LeafRule | None:
 
 @lru_cache(maxsize=1)
 def _register_builtin_rules() -> None:
-    from prunenas.families.resnet_cifar import ZeroPadShortcut
-
     register_leaf_rule(ZeroPadShortcut, LeafRule("new", _resize_zero_pad, _remap_zero_pad, _zero_zero_pad,
                                                  min_out_is_in=True))
-    try:
-        from torchvision.models.convnext import LayerNorm2d
-    except ImportError:
-        return
     register_leaf_rule(LayerNorm2d, LeafRule("pass", _keep, norm=True))
 
 
@@ -396,10 +392,6 @@ _PASS_FUNCTIONS = {torch.relu, torch.relu_, torch.sigmoid, torch.tanh, _F.relu, 
 @lru_cache(maxsize=1)
 def _pass_functions() -> frozenset:
     """Functions that keep every channel where it is (torchvision's stochastic depth drops whole samples)."""
-    try:
-        from torchvision.ops import stochastic_depth
-    except ImportError:
-        return frozenset(_PASS_FUNCTIONS)
     return frozenset({*_PASS_FUNCTIONS, stochastic_depth})
 
 

@@ -11,14 +11,16 @@ CIFAR-size inputs use the seed's feature stack without the last max-pool; ImageN
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from prunenas.arch import Architecture
-from prunenas.families import register_family
 from prunenas.families.base import INPUT, Family, Layer, Option, Slot
 from prunenas.families.common import bn, conv, init_weights, linear, scale
+from prunenas.families.registry import register_family
+
+if TYPE_CHECKING:
+    from prunenas.arch import Architecture
 
 M = "M"
 CONFIGS: dict[int, list[int | str]] = {

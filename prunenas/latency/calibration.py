@@ -12,6 +12,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from prunenas.arch import Architecture
 from prunenas.budget import target_from_ratio, uniform_twin
 from prunenas.cost import macs
@@ -89,8 +91,7 @@ def prediction_scores(predicted: Sequence[float], measured: Sequence[float],
                       mac_counts: Sequence[int]) -> dict[str, float | int]:
     """How well ``predicted`` latencies match ``measured`` ones: median absolute % error, share within +-10%,
     Kendall tau, and the share of equal-MACs pairs (:data:`EQUAL_MACS`) ordered as measured."""
-    import numpy as np
-    from scipy.stats import kendalltau
+    from scipy.stats import kendalltau  # scipy.stats costs ~1 s to import; only calibration reports need it
 
     pred, true = np.asarray(predicted, float), np.asarray(measured, float)
     rel = np.abs(pred / true - 1)

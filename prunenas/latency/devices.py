@@ -28,6 +28,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
 from prunenas.errors import PrunenasError
 
 if TYPE_CHECKING:
@@ -71,8 +74,6 @@ class Device:
 
     def prepare_module(self, model: nn.Module, input_shape: Sequence[int]) -> Forward:
         """A forward pass of ``model`` (put in eval mode) on a random batch of ``input_shape`` (C, H, W)."""
-        import torch
-
         model = model.eval()
         x = torch.randn(self.batch, *input_shape)
         if self.runtime == "cpu-onnxruntime":
@@ -82,17 +83,11 @@ class Device:
     def prepare_unit(self, unit: Unit) -> Forward:
         """A forward pass of one table unit (a layer with the BN/activation that follow it) on this device."""
         if self.runtime == "cpu-onnxruntime":
-            import numpy as np
-
             x = np.random.default_rng(0).standard_normal((self.batch, *unit.input_shape), dtype=np.float32)
             return self._onnx_forward(unit.onnx_model(ONNX_OPSET).SerializeToString(), x)
-        import torch
-
         return self._torch_forward(unit.module(), torch.randn(self.batch, *unit.input_shape))
 
     def _torch_forward(self, model: nn.Module, x: Any) -> Forward:
-        import torch
-
         model = model.eval()
         if self.runtime == "cpu-torch":
             def forward() -> Any:
@@ -110,7 +105,7 @@ class Device:
         return forward_cuda
 
     def _onnx_forward(self, model_bytes: bytes, x: Any) -> Forward:
-        import onnxruntime as ort
+        import onnxruntime as ort  # heavy; only the cpu-onnxruntime device needs it
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -124,8 +119,6 @@ class Device:
     @contextlib.contextmanager
     def threads_set(self) -> Iterator[None]:
         """PyTorch's intra-op threads set to ``threads`` for the block (onnxruntime sets its own per session)."""
-        import torch
-
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -159,19 +152,14 @@ def _missing(runtime: str) -> str:
                 __import__(module)
             except ImportError:
                 return f"{module} is not installed (pip install onnx onnxruntime)"
-    if runtime == "cuda-torch":
-        import torch
-
-        if not torch.cuda.is_available():
-            return "PyTorch sees no CUDA GPU (choose cpu-torch or cpu-onnxruntime)"
+    if runtime == "cuda-torch" and not torch.cuda.is_available():
+        return "PyTorch sees no CUDA GPU (choose cpu-torch or cpu-onnxruntime)"
     return ""
 
 
 def _export_onnx(model: nn.Module, x: Any) -> bytes:
     """The network as ONNX bytes. The TorchScript exporter takes ~0.1 s a network where the dynamo exporter
     takes seconds (calibration exports dozens); ORT optimises both graphs to the same kernels."""
-    import torch
-
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -185,8 +173,6 @@ def _export_onnx(model: nn.Module, x: Any) -> bytes:
 @lru_cache(maxsize=8)
 def _hardware(runtime: str) -> dict[str, str]:
     if runtime == "cuda-torch":
-        import torch
-
         return {"gpu": torch.cuda.get_device_name(0), "cuda": str(torch.version.cuda)}
     return {"cpu": _cpu_model(), "machine": platform.machine()}
 

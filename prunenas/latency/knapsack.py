@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from prunenas.errors import BudgetError
 
 
@@ -24,8 +26,6 @@ def grouped_knapsack(values: Sequence[Sequence[float]], costs: Sequence[Sequence
     ``values[g][i]`` and ``costs[g][i]`` describe option ``i`` of group ``g``; costs are >= 0. Raises
     :class:`~prunenas.errors.BudgetError` when even the cheapest options exceed the budget.
     """
-    import numpy as np
-
     _check(values, costs, budget, resolution)
     unit = budget / resolution
     grid = [[math.ceil(c / unit - 1e-9) for c in group] for group in costs]

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
+import numpy as np
+
 from prunenas.latency.devices import Device, Forward, LatencyError
 
 if TYPE_CHECKING:
@@ -86,8 +88,6 @@ def time_interleaved(forwards: Sequence[Forward], repeats: int, warmup: int) -> 
 
 def summarize(seconds: Sequence[float], device: str, fingerprint: str) -> Measurement:
     """Median, interquartile range and minimum of timed repeats, in milliseconds."""
-    import numpy as np
-
     ms = 1000 * np.asarray(seconds, dtype=float)
     q1, median, q3 = np.percentile(ms, [25, 50, 75])
     return Measurement(float(median), float(q3 - q1), float(ms.min()), len(ms), device, fingerprint)

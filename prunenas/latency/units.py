@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+import numpy as np
+from torch import nn
+
 from prunenas.families.base import Layer
 
 if TYPE_CHECKING:
@@ -64,8 +67,6 @@ class Unit:
 
     def module(self) -> nn.Module:
         """The unit as a freshly initialised ``nn.Sequential``."""
-        from torch import nn
-
         if self.kind == "conv":
             layers: list[nn.Module] = [nn.Conv2d(self.in_channels, self.out_channels, self.kernel, self.stride,
                                                  self.kernel // 2, groups=self.groups, bias=self.bias)]
@@ -83,8 +84,7 @@ class Unit:
     def onnx_model(self, opset: int) -> onnx.ModelProto:
         """The unit as a one-to-three-node ONNX graph, built directly: exporting a module per geometry through
         ``torch.onnx`` would dominate the time to fill a table. The batch dimension is symbolic."""
-        import numpy as np
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import TensorProto, helper, numpy_helper  # heavy; only onnxruntime table units need it
 
         rng = np.random.default_rng(0)
         inits, nodes, current = [], [], "input"

@@ -18,25 +18,19 @@ network), ``guided`` / ``transferred`` (from a source architecture), ``uniform``
 Only fully implemented methods are registered; ``prunenas proposers`` lists them with their parameters.
 """
 
+from prunenas.proposers import (  # noqa: F401  (importing a method module registers it)
+    guided,
+    l1_norm,
+    magnitude,
+    regression,
+    sfp,
+    slimming,
+    sss,
+    thinet,
+    uniform,
+)
 from prunenas.proposers.proposal import Proposal, Target, load_proposal
 from prunenas.proposers.registry import PROPOSERS, Param, ProposerError, propose, register_proposer
-
-
-def _register_builtins() -> None:
-    from prunenas.proposers import (  # noqa: F401
-        guided,
-        l1_norm,
-        magnitude,
-        regression,
-        sfp,
-        slimming,
-        sss,
-        thinet,
-        uniform,
-    )
-
-
-_register_builtins()
 
 __all__ = ["PROPOSERS", "Param", "Proposal", "ProposerError", "Target", "load_proposal", "propose",
            "register_proposer"]

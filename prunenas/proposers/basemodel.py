@@ -21,22 +21,25 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save
 from torch import nn
 
 from prunenas.arch import Architecture
 from prunenas.data import Data, load_data
 from prunenas.errors import PrunenasError
-from prunenas.fileio import atomic_write_text, locked
+from prunenas.fileio import atomic_write_bytes, atomic_write_text, locked
+from prunenas.pretrained import load_weights_state, weights_identity
+from prunenas.proposers.channels import inherit as inherit_weights
 from prunenas.proposers.proposal import Proposal
 from prunenas.registry import Registry
 from prunenas.spaces import Space
-from prunenas.train import Regularizer, TrainConfig, format_epoch, train
+from prunenas.train import Regularizer, TrainConfig, evaluate, format_epoch, resolve_device, train
 from prunenas.weights import save_weights
 
 CACHE_FORMAT = 1
@@ -59,11 +62,20 @@ class RegularizerSpec:
 
 
 RegularizerFactory = Callable[..., Regularizer]
+StateFold = Callable[[Architecture, MutableMapping[str, torch.Tensor]], None]
 REGULARIZERS: Registry[RegularizerFactory] = Registry("regularizer")
+STATE_FOLDS: dict[str, StateFold] = {}
 
 
-def register_regularizer(kind: str) -> Callable[[RegularizerFactory], RegularizerFactory]:
-    """Decorator: ``factory(space, **params) -> Regularizer``."""
+def register_regularizer(kind: str,
+                         fold: StateFold | None = None) -> Callable[[RegularizerFactory], RegularizerFactory]:
+    """Decorator: ``factory(space, **params) -> Regularizer``.
+
+    A regulariser that trains tensors the plain network lacks (e.g. Sparse Structure Selection's block factors)
+    gives ``fold(arch, state)``, which folds them into the plain network's weights in place and drops them.
+    """
+    if fold is not None:
+        STATE_FOLDS[kind] = fold
     return REGULARIZERS.register(kind)  # type: ignore[return-value]
 
 
@@ -99,26 +111,24 @@ class BaseModel:
         The ``finetune`` arm starts from ``trained``, the ``lottery`` arm from ``init`` (Frankle & Carbin 2019).
         Masked proposals keep dense widths; their masks are applied to the inherited weights.
         """
-        from prunenas.proposers.channels import inherit
-
         if proposal.kept is None and proposal.arch.widths != self.arch.widths:
             raise PrunenasError(f"proposal {proposal.method!r} records no kept channels: nothing to inherit")
         kept = proposal.kept or {}
-        return inherit(self.arch, self.architecture_state(which), proposal.arch, kept)
+        return inherit_weights(self.arch, self.architecture_state(which), proposal.arch, kept)
 
     def architecture_state(self, which: str = "trained") -> dict[str, torch.Tensor]:
         """The state restricted to ``arch.build()``'s keys (drops a regulariser's extra tensors).
 
-        Sparse Structure Selection's block scale factors are folded into their modules' weights first, so the
-        plain network computes what the trained one did (:func:`prunenas.proposers.sss.fold_block_scales`).
+        A regulariser's extra tensors (e.g. Sparse Structure Selection's block scale factors) are folded into
+        their modules' weights first by the folds registered with :func:`register_regularizer`, so the plain
+        network computes what the trained one did.
         """
         keys = self.arch.build().state_dict().keys()
         state = self.state(which)
-        if any(k.endswith(".sss_scale") for k in state):
-            from prunenas.proposers.sss import fold_block_scales
-
+        if not keys >= state.keys():
             state = dict(state)
-            fold_block_scales(self.arch, state)
+            for fold in STATE_FOLDS.values():
+                fold(self.arch, state)
         return {k: state[k] for k in keys}
 
 
@@ -168,8 +178,6 @@ class BaseModelProvider:
                     "val_size": self.val_size, "subset": self.subset,
                     "regularizer": spec.to_dict() if spec else None}
         if self.weights:
-            from prunenas.pretrained import weights_identity
-
             identity.update(weights=weights_identity(self.weights, self.space.base), seed=self.seed)
         else:
             identity["config"] = {k: v for k, v in asdict(self.config()).items()
@@ -217,9 +225,6 @@ class BaseModelProvider:
 
     def _load_published(self, key: str, spec: RegularizerSpec | None, entry: Path) -> None:
         """An entry holding ``weights``, evaluated on the run's validation and test splits."""
-        from prunenas.pretrained import load_weights_state
-        from prunenas.train import evaluate, resolve_device
-
         if spec is not None:
             raise PrunenasError(f"base.weights: {spec.kind} needs a base model trained with its regulariser; "
                                 "published weights serve only methods that prune a plainly trained network")
@@ -278,16 +283,10 @@ def base_model_from(model: nn.Module, arch: Architecture, init_state: Mapping[st
 
 
 def _save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save
-
-    from prunenas.fileio import atomic_write_bytes
-
     atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
 
 
 def _read_entry(entry: Path, arch: Architecture) -> BaseModel:
-    from safetensors.torch import load_file
-
     try:
         meta = json.loads((entry / "meta.json").read_text())
         init, trained = load_file(str(entry / "init.safetensors")), load_file(str(entry / "trained.safetensors"))

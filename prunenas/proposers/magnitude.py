@@ -11,6 +11,7 @@ paper's uniform sparsification.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -114,7 +115,6 @@ def write_masks(arch: Architecture, masks: Mapping[str, torch.Tensor], folder: s
     """Store masks content-addressed in ``folder`` and return ``arch`` carrying them."""
     blob = save({n: m.to(torch.uint8).contiguous() for n, m in sorted(masks.items())})
     folder = Path(folder)
-    import hashlib
 
     path = folder / f"masks-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
     if not path.exists():
@@ -138,7 +138,7 @@ def uniform_mask_twin(proposal: Proposal, base: BaseModel, folder: str | Path) -
     return write_masks(base.arch, masks, folder)
 
 
-@register_proposer("magnitude", params={
+@register_proposer("magnitude", uniform_twin=uniform_mask_twin, params={
     "sparsity": Param(0.0, kind=float, help="fraction of conv weights removed; > 0 takes precedence over the "
                       "cost target",
                       low=0.0, high=0.999),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from prunenas.arch import Architecture, from_dict
+from prunenas.arch import Architecture, MaskRef, from_dict
 from prunenas.budget import Match, cost_of, target_from_ratio
 from prunenas.errors import BudgetError, PrunenasError
 from prunenas.fileio import atomic_write_text, read_text
@@ -135,3 +136,16 @@ def achieved(space: Space, arch: Architecture, match: Match = "macs") -> dict[st
     """Cost of ``arch`` and its ratio to the base network (for provenance)."""
     cost, base = cost_of(arch, match), cost_of(space.base, match)
     return {f"achieved_{match}": cost, f"achieved_{match}_ratio": cost / base}
+
+
+def save_with_masks(proposal: Proposal, path: Path) -> None:
+    """Save the proposal JSON; a masks file is copied beside it so the folder is self-contained."""
+    if proposal.arch.masks is not None:
+        source = Path(proposal.arch.masks.path)
+        beside = path.parent / source.name
+        if source.resolve() != beside.resolve():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, beside)
+        masks = MaskRef(str(beside), proposal.arch.masks.sha256)
+        proposal = replace(proposal, arch=replace(proposal.arch, masks=masks))
+    proposal.save(path)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from prunenas.arch import Architecture
 from prunenas.errors import PrunenasError
 from prunenas.families.base import Option
 from prunenas.proposers.proposal import Proposal, Target
@@ -43,6 +44,17 @@ class ProposerInfo:
     needs_base: bool = True
     presets: bool = False
     spec_fn: Callable[..., Any] | None = None
+    twin_fn: Callable[..., Architecture] | None = None
+
+    @property
+    def own_twin(self) -> bool:
+        """Whether this proposer supplies its own uniform control (e.g. masked proposals: uniform sparsity)."""
+        return self.twin_fn is not None
+
+    @property
+    def regularised_base(self) -> bool:
+        """Whether this proposer trains its own base model with a regulariser (slimming, SSS, SFP)."""
+        return self.spec_fn is not None
 
     def base_spec(self, space: Space, target: Target, params: Mapping[str, Any]) -> Any:
         """The RegularizerSpec of the base model this proposer trains (None: the plain base model)."""
@@ -71,16 +83,20 @@ PROPOSERS: Registry[ProposerInfo] = Registry("proposer")
 
 def register_proposer(name: str, params: Mapping[str, Param] | None = None, description: str = "",
                       needs_base: bool = True, presets: bool = False,
-                      base_spec: Callable[..., Any] | None = None) -> Callable[[ProposeFn], ProposeFn]:
+                      base_spec: Callable[..., Any] | None = None,
+                      uniform_twin: Callable[..., Architecture] | None = None) -> Callable[[ProposeFn], ProposeFn]:
     """Decorator registering ``fn(space, target, provider, params, seed) -> Proposal``.
 
     ``base_spec(space, target, params)`` names the regulariser of the base model the method needs (e.g.
     Network Slimming's L1 on BN scales), so a search can train base models before its trials start.
+    ``uniform_twin(proposal, base, folder) -> Architecture`` replaces the uniform-width twin for proposals the
+    widths cannot express (masked ones get the same sparsity in every layer); it may write files into ``folder``.
     """
 
     def decorator(fn: ProposeFn) -> ProposeFn:
         doc = description or (fn.__doc__ or "").strip().splitlines()[0]
-        PROPOSERS.register(name, ProposerInfo(name, fn, dict(params or {}), doc, needs_base, presets, base_spec))
+        PROPOSERS.register(name, ProposerInfo(name, fn, dict(params or {}), doc, needs_base, presets, base_spec,
+                                             uniform_twin))
         return fn
 
     return decorator

@@ -4,17 +4,20 @@ and the resulting proposal."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from prunenas.arch import Architecture
-from prunenas.proposers.basemodel import BaseModel
+from prunenas.budget import cost_of
 from prunenas.proposers.proposal import Proposal, Target, achieved
 from prunenas.proposers.registry import ProposerError
 from prunenas.proposers.select import Selection, select_by_cost, select_widths
 from prunenas.spaces import Space
+
+if TYPE_CHECKING:
+    from prunenas.proposers.basemodel import BaseModel
 
 
 def filter_norms(arch: Architecture, state: Mapping[str, Tensor], p: int = 1) -> dict[str, Tensor]:
@@ -71,8 +74,6 @@ def to_proposal(space: Space, method: str, target: Target, selection: Selection,
     provenance: dict[str, Any] = {**achieved(space, arch, target.match), "floored_slots": list(selection.floored),
                                   "threshold": selection.threshold, **facts}
     if target.is_cost:
-        from prunenas.budget import cost_of
-
         provenance["requested_ratio"] = target.absolute(space) / cost_of(space.base, target.match)
     if base is not None:
         provenance.update(base_model=base.key, base_val_acc=base.val_acc)

@@ -157,7 +157,7 @@ class BlockScales(Regularizer):
             factor.copy_(soft_threshold(factor, threshold))
 
 
-@register_regularizer("sss")
+@register_regularizer("sss", fold=fold_block_scales)
 def sss_regularizer(space: Space, gamma: float) -> Regularizer:
     return BlockScales(space.base, gamma)
 

@@ -1,0 +1,1 @@
+"""The command line: argparse and one module per command. Nothing outside this package imports it."""

@@ -1,0 +1,67 @@
+"""``prunenas propose``: run one proposer from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prunenas.cost import count, format_macs
+from prunenas.errors import PrunenasError
+from prunenas.pretrained import check_weights_name
+from prunenas.proposers import PROPOSERS, Target, propose
+from prunenas.proposers.basemodel import BaseModelProvider
+from prunenas.proposers.proposal import save_with_masks
+from prunenas.spaces import load_space
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``["s=1e-4", "prune_tied=true"]`` -> typed values (YAML scalars)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PrunenasError(f"--param {pair!r} must be KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def run_propose(args: argparse.Namespace) -> int:
+    info = PROPOSERS.get(args.method)
+    space = load_space(args.target)
+    target = Target(ratio=args.ratio, cost=args.macs, preset=args.preset, match=args.match)
+    params = parse_params(args.param)
+    info.check_params(params)
+    log = sys.stderr if args.json else sys.stdout
+    provider = BaseModelProvider(space, dataset=args.data, recipe=args.recipe, seed=args.base_seed,
+                                 epochs=args.base_epochs, cache_dir=args.cache_dir, data_root=args.data_root,
+                                 val_size=args.val_size, subset=args.subset, device=args.device,
+                                 threads=args.threads, log=lambda line: print(line, file=log, flush=True),
+                                 weights=args.base_weights and check_weights_name(args.base_weights))
+    proposal = propose(args.method, space, target, provider if info.needs_base else None, params, args.seed)
+    if args.out:
+        save_with_masks(proposal, Path(args.out))
+    summary = proposal.to_dict()
+    summary["macs"], summary["params_count"] = count(proposal.arch).macs, count(proposal.arch).params
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    p = proposal.provenance
+    ratio = summary["macs"] / count(space.base).macs
+    print(f"{args.method} on {space.name}: widths {list(proposal.arch.widths)}")
+    print(f"MACs {format_macs(summary['macs'])} ({ratio:.1%} of base), params {summary['params_count']:,}; "
+          f"{p['seconds']:.1f}s")
+    if p.get("floored_slots"):
+        names = [space.slots[s].name for s in p["floored_slots"]]
+        print(f"slots held at their minimum width: {', '.join(names)}")
+    if p.get("removed_blocks"):
+        print(f"removed blocks: {', '.join(p['removed_blocks'])}")
+    if "base_val_acc" in p:
+        print(f"base model {p['base_model']} (val {p['base_val_acc']:.2%}); trained now: {provider.trainings}")
+    if args.out:
+        print(f"written to {args.out}")
+    return 0

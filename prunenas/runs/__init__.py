@@ -1,0 +1,1 @@
+"""The run folder: results store, statistics, report, export and the architecture catalog."""

@@ -1,0 +1,457 @@
+"""Reports of a run folder, finished or still running: the paper-style table (every arm, Scratch-E/B, mean
+± std over seeds, the paired difference proposed − uniform with a 95% confidence interval), a verdict computed
+from those numbers, CPU latency of the discovered networks next to their uniform twins, and plots.
+
+Accuracies are final-epoch numbers: *test* accuracy for the report (read once, never used for selection) and
+*validation* accuracy (what the search ranked by), each labelled. Files are written deterministically (no
+timestamps), so a report regenerates byte for byte from the same rows; latency is a measurement of the
+machine that runs the report and goes to its own file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunenas.arch import from_dict
+from prunenas.budget import cost_error, within_tolerance
+from prunenas.cost import count
+from prunenas.errors import PrunenasError
+from prunenas.experiment import CONTROLS
+from prunenas.proposers import load_proposal
+from prunenas.runs.results import MIN_PAIRED_SEEDS, format_percent, has_interval, mean_std, paired_difference
+from prunenas.runs.rundir import RunDir
+
+ARM_ORDER = ("proposed", "uniform", "random", "finetune", "lottery")
+METRICS = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}
+
+
+@dataclass
+class Group:
+    """One evaluated proposal and the rows of its arms: ``arms[(arm, budget)][seed] = row``."""
+
+    pid: str
+    method: str
+    params: Mapping[str, Any]
+    target: Mapping[str, Any]
+    macs: int
+    params_count: int
+    base_val_acc: float | None
+    widths: tuple[int, ...]
+    base_widths: tuple[int, ...]
+    slot_names: tuple[str, ...]
+    arms: dict[tuple[str, str], dict[int, dict[str, Any]]] = field(default_factory=dict)
+
+    def values(self, arm: str, budget: str, metric: str) -> dict[int, float]:
+        rows = self.arms.get((arm, budget), {})
+        # a search training reused by a running evaluation has no test accuracy until the evaluation reads it
+        return {seed: row[metric] for seed, row in rows.items()
+                if row.get("status") == "ok" and row.get(metric) is not None}
+
+    def row(self, arm: str) -> dict[str, Any] | None:
+        """Any row of ``arm`` (its architecture and cost are the same for every seed, random aside)."""
+        return next((r for (a, _), rows in sorted(self.arms.items()) if a == arm for r in rows.values()), None)
+
+    def twin_errors(self, arm: str) -> dict[int, float]:
+        """Cost error of ``arm``'s network against the proposal's, per seed (``budget.cost_error``; the cost
+        the twins were solved for: MACs, or params with ``match: params``)."""
+        match = self.target.get("match", "macs")
+        goal = self.macs if match == "macs" else self.params_count
+        rows = {seed: row for (a, _), by_seed in sorted(self.arms.items()) if a == arm for seed, row in by_seed.items()}
+        return {seed: cost_error(row[match], goal) for seed, row in sorted(rows.items())}
+
+    def worst_twin_error(self, arm: str) -> float | None:
+        """The largest cost error (in magnitude) of ``arm`` over seeds; None without rows of ``arm``."""
+        return max(self.twin_errors(arm).values(), key=abs, default=None)
+
+    @property
+    def target_label(self) -> str:
+        return str(self.target.get("preset") or self.target.get("ratio") or self.target.get("cost"))
+
+    @property
+    def budgets(self) -> list[str]:
+        return sorted({b for _, b in self.arms if b != "finetune"}) or ["finetune"]
+
+
+def collect(run: RunDir) -> list[Group]:
+    """The evaluated proposals of a run with their rows, in the plan's order."""
+    plan = run.read_json("plan.json") or {"selected": [], "proposals": {}}
+    latest = run.results.latest()
+    groups = []
+    for pid in plan["selected"]:
+        proposal = load_proposal(run.proposal_path(pid))
+        rows: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        for entry in plan["proposals"].get(pid, []):
+            row = latest.get(entry["key"])
+            if row is not None:
+                rows.setdefault((entry["arm"], entry["budget"]), {})[entry["seed"]] = row
+
+        cost = count(proposal.arch)
+        arch = proposal.arch
+        groups.append(Group(pid, proposal.method, proposal.params, proposal.target.to_dict(), cost.macs,
+                            cost.params, proposal.provenance.get("base_val_acc"), arch.widths, arch.base_widths,
+                            tuple(s.name for s in arch.slots), rows))
+    return groups
+
+
+# -- table ------------------------------------------------------------------------------------------------
+
+
+def table_rows(groups: Sequence[Group], metric: str) -> list[dict[str, Any]]:
+    """One record per proposal and budget: every arm's mean/std/n and the paired difference."""
+    arms = arms_present(groups)
+    out = []
+    for g in groups:
+        for budget in g.budgets:
+            record: dict[str, Any] = {"proposal": g.pid, "method": g.method, "target": g.target_label,
+                                      "budget": budget, "macs": g.macs, "params": g.params_count,
+                                      "base_val_acc": g.base_val_acc, "metric": metric}
+            for arm in arms:
+                values = g.values(arm, "finetune" if arm == "finetune" else budget, metric)
+                mean, std, n = mean_std(list(values.values()))
+                record[arm] = {"mean": mean, "std": std, "n": n}
+            record["proposed_minus_uniform"] = paired_difference(g.values("proposed", budget, metric),
+                                                                 g.values("uniform", budget, metric))
+            record["twin_error"] = {arm: g.worst_twin_error(arm) for arm in CONTROLS}
+            out.append(record)
+    return out
+
+
+def arms_present(groups: Sequence[Group]) -> list[str]:
+    arms = {a for g in groups for a, _ in g.arms}
+    return [a for a in ARM_ORDER if a in arms] + sorted(arms - set(ARM_ORDER))
+
+
+def _cell(stat: Mapping[str, float]) -> str:
+    return "-" if stat["n"] == 0 else f"{format_percent(stat['mean'])} ± {format_percent(stat['std'])} (n={stat['n']})"
+
+
+def _diff(d: Mapping[str, float]) -> str:
+    if d["n"] == 0:
+        return "-"
+    if not has_interval(d):
+        return f"{100 * d['mean']:+.2f} (n={d['n']})"
+    return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] (n={d['n']})"
+
+
+def markdown_table(groups: Sequence[Group], metric: str = "test_acc") -> str:
+    arms = arms_present(groups)
+    header = ["method", "target", "budget", "MACs", "params", "base val"] + arms + ["proposed − uniform (95% CI)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in table_rows(groups, metric):
+        cells = [r["method"], r["target"], r["budget"], f"{r['macs'] / 1e6:.2f}M", f"{r['params'] / 1e6:.3f}M",
+                 format_percent(r["base_val_acc"])] + [_cell(r[a]) for a in arms] + [_diff(r["proposed_minus_uniform"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"\n{METRICS[metric].capitalize()} in % at the final epoch, mean ± std over seeds (n); "
+                 "proposed − uniform is paired by seed with a 95% t interval (none below "
+                 f"{MIN_PAIRED_SEEDS} seeds or when every seed gives the same difference); base val = the base "
+                 "model's validation accuracy.")
+    return "\n".join(lines)
+
+
+def results_table(run: RunDir, metric: str = "test_acc") -> str:
+    groups = collect(run)
+    return markdown_table(groups, metric) if groups else "(no evaluated proposals yet)"
+
+
+# -- cost of the controls -------------------------------------------------------------------------------
+
+
+def twin_flags(groups: Sequence[Group]) -> list[str]:
+    """One line per control (uniform twin, random widths) whose cost misses its proposal's by more than ±1%:
+    that comparison is not at equal cost."""
+    flags = []
+    for g in groups:
+        uniform = g.worst_twin_error("uniform")  # one network for every seed
+        misses = [("uniform twin", uniform)] if uniform is not None else []
+        misses += [(f"random widths (seed {seed})", e) for seed, e in g.twin_errors("random").items()]
+        flags += [f"{g.method} at target {g.target_label}: {which} {100 * error:+.2f}% off the proposal's "
+                  f"{g.target.get('match', 'macs')}" for which, error in misses if not within_tolerance(error)]
+    return flags
+
+
+def markdown_controls(groups: Sequence[Group]) -> str:
+    """The cost error of every proposal's controls; ones outside ±1% are marked."""
+    def cell(error: float | None) -> str:
+        if error is None:
+            return "-"
+        return f"{100 * error:+.2f}%" + ("" if within_tolerance(error) else " **outside ±1%**")
+
+    lines = ["| method | target | MACs | params | uniform twin | random widths (worst seed) |",
+             "|---|---|---|---|---|---|"]
+    for g in groups:
+        lines.append(f"| {g.method} | {g.target_label} | {g.macs / 1e6:.2f}M | {g.params_count / 1e6:.3f}M | "
+                     f"{cell(g.worst_twin_error('uniform'))} | {cell(g.worst_twin_error('random'))} |")
+    lines.append("\nCost error = the control's cost / the proposal's cost − 1 (MACs, or params with `match: params`); "
+                 "the design holds them to ±1%; larger errors are marked.")
+    return "\n".join(lines)
+
+
+# -- verdict ----------------------------------------------------------------------------------------------
+
+
+def verdict(groups: Sequence[Group], metric: str = "test_acc") -> list[str]:
+    """Sentences computed from the paired differences: where proposals beat uniform, significantly or not."""
+    lines = []
+    for r in table_rows(groups, metric):
+        d = r["proposed_minus_uniform"]
+        where = f"{r['method']} at target {r['target']} ({r['macs'] / 1e6:.2f}M MACs, {r['budget']})"
+        if d["n"] == 0:
+            lines.append(f"{where}: no paired proposed/uniform results yet.")
+        elif d["n"] < MIN_PAIRED_SEEDS:
+            lines.append(f"{where}: {100 * d['mean']:+.2f} points vs uniform from {d['n']} seed(s) — too few to "
+                         f"test (a verdict needs {MIN_PAIRED_SEEDS}).")
+        elif not has_interval(d):
+            lines.append(f"{where}: {100 * d['mean']:+.2f} points vs uniform in every one of {d['n']} seeds — "
+                         "identical differences give no interval; not tested.")
+        elif d["low"] > 0:
+            lines.append(f"{where}: beats the uniform twin by {100 * d['mean']:+.2f} points "
+                         f"(95% CI [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}], n={d['n']}) — significant.")
+        elif d["high"] < 0:
+            lines.append(f"{where}: worse than the uniform twin by {100 * -d['mean']:.2f} points "
+                         f"(95% CI [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}], n={d['n']}) — significant.")
+        else:
+            lines.append(f"{where}: {100 * d['mean']:+.2f} points vs uniform, 95% CI [{100 * d['low']:+.2f}, "
+                         f"{100 * d['high']:+.2f}] includes 0 (n={d['n']}) — no significant difference.")
+    return lines
+
+
+# -- latency ----------------------------------------------------------------------------------------------
+
+
+def measure_latency(archs: Sequence[Any], batch: int, repeats: int = 15) -> list[float]:
+    """Fastest CPU forward time (ms) of each architecture at ``batch``, measured interleaved.
+
+    Interleaving and taking the minimum over ``repeats`` keep the comparison fair on a busy machine: both
+    networks of a pair see the same interference, and the minimum is the least disturbed run.
+    """
+    models = [arch.build().eval() for arch in archs]
+    inputs = [torch.randn(batch, *arch.input_shape) for arch in archs]
+    best = [float("inf")] * len(models)
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            for k, (model, x) in enumerate(zip(models, inputs)):
+                start = time.perf_counter()
+                model(x)
+                if i >= 2:  # warm-up
+                    best[k] = min(best[k], time.perf_counter() - start)
+    return [1000 * t for t in best]
+
+
+def latency_table(run: RunDir, groups: Sequence[Group], batches: Sequence[int] = (1, 64)) -> list[dict[str, Any]]:
+    out = []
+    for g in groups:
+        record: dict[str, Any] = {"method": g.method, "target": g.target_label, "macs": g.macs}
+        rows = {arm: g.row(arm) for arm in ("proposed", "uniform") if g.row(arm) is not None}
+        archs = [from_dict(row["arch"], base_dir=run.proposals_dir) for row in rows.values()]
+        for b in batches:
+            for arm, ms in zip(rows, measure_latency(archs, b)):
+                record[f"{arm}_ms_b{b}"] = ms
+        out.append(record)
+    return out
+
+
+def markdown_latency(records: Sequence[Mapping[str, Any]], batches: Sequence[int] = (1, 64)) -> str:
+    header = ["method", "target", "MACs"] + [f"{arm} b{b} (ms)" for b in batches for arm in ("proposed", "uniform")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        cells = [r["method"], r["target"], f"{r['macs'] / 1e6:.2f}M"]
+        cells += [f"{r[k]:.2f}" if k in r else "-" for b in batches for k in (f"proposed_ms_b{b}", f"uniform_ms_b{b}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"\nFastest of 15 interleaved CPU forward passes on this machine ({torch.get_num_threads()} threads); "
+                 "MACs are not speed.")
+    return "\n".join(lines)
+
+
+# -- plots ------------------------------------------------------------------------------------------------
+
+
+def plot_accuracy_vs_macs(groups: Sequence[Group], path: Path, metric: str = "test_acc") -> list[Path]:
+    """Accuracy vs MACs: one marker series per method, the uniform twins as a curve (dense and masked twins
+    apart: they are different networks at the same MACs), the Pareto front."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    budget = _main_budget(groups)
+    for masked, style, label in ((False, "k--o", "uniform twin"), (True, "k:s", "uniform-sparsity twin (masked)")):
+        twins = sorted({(g.row("uniform")["macs"], _mean(g.values("uniform", budget, metric))) for g in groups
+                        if g.row("uniform") and g.values("uniform", budget, metric)
+                        and ("masks" in g.row("uniform")["arch"]) == masked})
+        if twins:
+            ax.plot([m / 1e6 for m, _ in twins], [100 * a for _, a in twins], style, ms=4, label=label)
+    points = []
+    for method in sorted({g.method for g in groups}):
+        xs, ys, es = [], [], []
+        for g in groups:
+            values = list(g.values("proposed", budget, metric).values())
+            if g.method == method and values:
+                mean, std, _ = mean_std(values)
+                xs.append(g.macs / 1e6)
+                ys.append(100 * mean)
+                es.append(100 * std)
+                validation = list(g.values("proposed", budget, "val_acc").values())
+                if validation:
+                    points.append((g.macs / 1e6, statistics.fmean(validation), 100 * mean))
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=3, label=method)
+    front = [(x, y) for x, _, y in _pareto(points)]
+    if len(front) > 1:
+        ax.plot(*zip(*front), "-", color="tab:gray", alpha=0.5, lw=4, label="Pareto front (proposals, by validation)")
+    ax.set_xlabel("MACs (millions, per image)")
+    ax.set_ylabel(f"{METRICS[metric]} (%)")
+    ax.set_title(f"{METRICS[metric].capitalize()} vs MACs ({budget}, mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_widths(groups: Sequence[Group], path: Path) -> list[Path]:
+    """Kept fraction of every slot's base width, one line per proposal (the paper's Fig. 4 view)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(groups[0].widths)), 4))
+    for g in groups:
+        ratios = [w / b for w, b in zip(g.widths, g.base_widths)]
+        ax.plot(range(len(ratios)), ratios, "o-", ms=3, label=f"{g.method} @ {g.target_label}")
+    ax.set_xticks(range(len(groups[0].slot_names)))
+    ax.set_xticklabels(groups[0].slot_names, rotation=90, fontsize=6)
+    ax.set_ylabel("width / base width")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Per-slot widths of the discovered architectures")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _pareto(points: Sequence[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
+    """Points ``(cost, score, payload)`` that no cheaper point matches or beats on score (the selection
+    score: validation accuracy; the payload is what is drawn)."""
+    front, best = [], float("-inf")
+    for point in sorted(points, key=lambda p: (p[0], -p[1])):
+        if point[1] > best:
+            front.append(point)
+            best = point[1]
+    return front
+
+
+def _main_budget(groups: Sequence[Group]) -> str:
+    budgets = {b for g in groups for b in g.budgets}
+    return "scratch-e" if "scratch-e" in budgets else sorted(budgets)[0]
+
+
+def _mean(values: Mapping[int, float]) -> float:
+    return statistics.fmean(values.values())
+
+
+def _pyplot():
+    import matplotlib  # only the plots need it, and it is slow to import
+
+    matplotlib.use("Agg")  # headless: set the backend before pyplot is imported
+    import matplotlib.pyplot as plt  # after the backend is chosen
+
+    plt.rcParams["svg.hashsalt"] = "prunenas"  # deterministic SVG ids
+    return plt
+
+
+def _save(fig: Any, path: Path) -> list[Path]:
+    import matplotlib.pyplot as plt  # only the plots need it, and it is slow to import
+
+    paths = []
+    for suffix, metadata in ((".png", {"Software": None}), (".svg", {"Date": None, "Creator": None})):
+        target = path.with_suffix(suffix)
+        fig.savefig(target, dpi=120, metadata=metadata)
+        paths.append(target)
+    plt.close(fig)
+    return paths
+
+
+# -- the report -------------------------------------------------------------------------------------------
+
+
+def write_report(run: RunDir, out: str | os.PathLike | None = None, fmt: str = "md",
+                 latency: bool = True) -> dict[str, Any]:
+    """Write the report of ``run`` into ``out`` (default ``RUN/report``); returns what was written."""
+    out = Path(out) if out else run.path / "report"
+    state = run.state()
+    groups = collect(run)  # read (and reject a corrupt run) before the report folder exists
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Any] = {"folder": str(out), "files": []}
+    if fmt == "md":
+        text = _markdown(run, state, groups)
+        (out / "report.md").write_text(text)
+        written["files"].append("report.md")
+        written["text"] = text
+    elif fmt == "csv":
+        (out / "report.csv").write_text(_csv(groups))
+        written["files"].append("report.csv")
+    elif fmt == "json":
+        data = {"run": state.get("name"), "status": state.get("status"),
+                "test": table_rows(groups, "test_acc"), "validation": table_rows(groups, "val_acc"),
+                "verdict": verdict(groups)}
+        (out / "report.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        written["files"].append("report.json")
+    else:
+        raise PrunenasError(f"--format {fmt!r} must be md, csv or json")
+    if groups:
+        for paths in (plot_accuracy_vs_macs(groups, out / "accuracy_vs_macs"), plot_widths(groups, out / "widths")):
+            written["files"] += [p.name for p in paths]
+        if latency:
+            records = latency_table(run, groups)
+            (out / "latency.md").write_text(markdown_latency(records) + "\n")
+            written["files"].append("latency.md")
+    return written
+
+
+def _markdown(run: RunDir, state: Mapping[str, Any], groups: Sequence[Group]) -> str:
+    rows = run.results.rows()
+    failed = [r for r in run.results.latest().values() if r["status"] in ("failed", "diverged")]
+    parts = [f"# Report: {state.get('name', run.path.name)}",
+             f"Run status: {state.get('status')}, phase {state.get('phase')}; {len(rows)} result rows; "
+             f"{len(groups)} evaluated proposal(s).", ""]
+    flags = twin_flags(groups)
+    if flags:
+        parts += [f"**Warning: {len(flags)} control(s) not at the proposal's cost within ±1%** (see Cost of the "
+                  "controls):", "", *[f"- {line}" for line in flags], ""]
+    if groups:
+        parts += ["## Test accuracy (the report's number; never used for selection)", "",
+                  markdown_table(groups, "test_acc"), "",
+                  "## Validation accuracy (what the search ranked by)", "", markdown_table(groups, "val_acc"), "",
+                  "## Verdict", "", *[f"- {line}" for line in verdict(groups)], "",
+                  "## Cost of the controls", "", markdown_controls(groups), "",
+                  "Plots: `accuracy_vs_macs.png` (test accuracy vs MACs, uniform twins as a curve, the Pareto front "
+                  "of the proposals by validation accuracy), "
+                  "`widths.png` (kept fraction per slot). Latency: `latency.md`.", ""]
+    if failed:
+        parts += ["## Failed or diverged trainings", "", "| key | arm | method | status | error |",
+                  "|---|---|---|---|---|"]
+        parts += [f"| {r['key']} | {r['arm']} | {r.get('method')} | {r['status']} | "
+                  f"{str(r.get('error', '')).replace('|', '/')[:120]} |" for r in failed]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _csv(groups: Sequence[Group]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    arms = arms_present(groups)
+    writer.writerow(["metric", "method", "target", "budget", "macs", "params", "base_val_acc"]
+                    + [f"{a}_{k}" for a in arms for k in ("mean", "std", "n")]
+                    + ["diff_mean", "diff_low", "diff_high", "diff_n"]
+                    + [f"{arm}_twin_error" for arm in CONTROLS])
+    for metric in ("test_acc", "val_acc"):
+        for r in table_rows(groups, metric):
+            d = r["proposed_minus_uniform"]
+            writer.writerow([metric, r["method"], r["target"], r["budget"], r["macs"], r["params"], r["base_val_acc"]]
+                            + [r[a][k] for a in arms for k in ("mean", "std", "n")]
+                            + [d["mean"], d["low"], d["high"], d["n"]]
+                            + [r["twin_error"][arm] for arm in CONTROLS])
+    return buffer.getvalue()

@@ -1,0 +1,83 @@
+"""What one trial does, without Ray: the evaluation plan of the selected proposals, the cost error of the
+controls, and where the test set is read (tiny network, synthetic data)."""
+
+from prunenas.cost import count
+from prunenas.experiment import experiment_from_dict
+from prunenas.proposers import Proposal, Target, propose
+from prunenas.runs.rundir import RunDir
+from prunenas.trial import Context, Training, plan_arms, proposal_id, run_training
+
+from .search.search_helpers import EXPERIMENT
+
+EXP = experiment_from_dict({**EXPERIMENT, "arms": ["proposed", "uniform", "random"]})
+
+
+def _saved(run, proposal):
+    pid = proposal_id(proposal)
+    proposal.save(run.proposal_path(pid))
+    return pid
+
+
+def test_a_network_two_methods_propose_is_trained_once_and_reported_for_both(tmp_path, monkeypatch):
+    from prunenas.runs.report import collect
+    from prunenas.search import tune as search
+
+    run = RunDir(tmp_path)
+    run.create("shared", "")
+    ctx = Context(EXP, run, threads=1)
+    first = propose("random", EXP.space, Target(ratio=0.5), None, {}, seed=3)
+    second = Proposal(first.arch, "direct", {"widths": list(first.arch.widths)}, first.target)
+    pids = [_saved(run, first), _saved(run, second)]
+    # the search trained the network once, under the first proposal (the key ignores the method)
+    run.results.append({"key": "k" * 16, "phase": "search", "status": "ok", "proposal": pids[0], "method": "random",
+                        "seed": EXP.search_seeds[0],
+                        "digest": first.arch.digest(), "val_acc": 0.8, "macs": count(first.arch).macs,
+                        "recipe": {"lr": 0.1}})
+    monkeypatch.setattr(search, "_unevaluated", lambda ctx, keys: [])  # plan only: train nothing
+    assert search._phase_evaluate(ctx) == 0
+    plan = run.read_json("plan.json")
+    assert sorted(plan["selected"]) == sorted(pids)
+    keys = [{(e["arm"], e["seed"]): e["key"] for e in plan["proposals"][pid]} for pid in pids]
+    assert keys[0] == keys[1]  # shared trainings: the same keys, trained once
+    assert {g.method for g in collect(run)} == {"random", "direct"}
+
+
+def test_every_control_training_carries_its_cost_error_against_the_proposal():
+    ctx = Context(EXP, RunDir("unused"), threads=1)
+    proposal = propose("random", EXP.space, Target(ratio=0.5), None, {}, seed=3)
+    goal = count(proposal.arch).macs
+    trainings = plan_arms(ctx, proposal, proposal_id(proposal))
+    assert {t.arm for t in trainings} == {"proposed", "uniform", "random"}
+    for t in trainings:
+        expected = None if t.arm == "proposed" else count(t.arch).macs / goal - 1
+        assert t.twin_error == expected, t.arm
+    assert any(t.twin_error != 0 for t in trainings if t.arm == "uniform")  # the tiny net's twin is not exact
+
+
+def test_the_row_of_a_control_records_its_cost_error(tmp_path):
+    ctx = Context(EXP, RunDir(tmp_path), threads=1)
+    proposal = propose("random", EXP.space, Target(ratio=0.5), None, {}, seed=3)
+    uniform = next(t for t in plan_arms(ctx, proposal, proposal_id(proposal)) if t.arm == "uniform")
+    row = run_training(ctx, uniform, "eval")
+    assert row["twin_error"] == count(uniform.arch).macs / count(proposal.arch).macs - 1
+
+
+def test_only_the_evaluation_reads_the_test_set(tmp_path):
+    training = Training(EXP.space.base, "proposed", "scratch-e", 0)
+    run = RunDir(tmp_path / "run")
+    searched = run_training(Context(EXP, run, threads=1), training, "search")
+    assert searched["status"] == "ok" and searched["test_acc"] is None
+    # reused as an evaluation row: the test accuracy of its saved weights, appended to the store
+    evaluated = run_training(Context(EXP, run, threads=1), training, "eval")
+    assert evaluated["key"] == searched["key"] and evaluated["val_acc"] == searched["val_acc"]
+    assert [r["test_acc"] for r in run.results.rows()] == [None, evaluated["test_acc"]]
+    # the same training evaluated at its end, as an evaluation trial does: the same test accuracy
+    fresh = run_training(Context(EXP, RunDir(tmp_path / "fresh"), threads=1), training, "eval")
+    assert fresh["test_acc"] == evaluated["test_acc"] and fresh["test_loss"] == evaluated["test_loss"]
+    assert run_training(Context(EXP, run, threads=1), training, "eval") == evaluated  # read once
+    assert len(run.results.rows()) == 2
+
+
+def test_the_base_model_is_trained_without_reading_the_test_set(tmp_path):
+    base = Context(EXP, RunDir(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), threads=1).provider().get(None)
+    assert base.val_acc > 0 and base.meta["test_acc"] is None
