@@ -16,12 +16,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prunenas.arch import Architecture
 from prunenas.cost import count
 from prunenas.errors import BudgetError
 from prunenas.spaces import Space
+
+if TYPE_CHECKING:
+    from prunenas.recipes import Recipe  # recipes imports this module's scale_milestones
 
 Match = Literal["macs", "params"]
 TOLERANCE = 0.01
@@ -186,3 +189,17 @@ def scratch_epochs(
 def scale_milestones(milestones: Sequence[int], base_epochs: int, epochs: int) -> tuple[int, ...]:
     """Learning-rate milestones of a ``base_epochs`` schedule stretched to ``epochs`` (seed: ``int(m*E/E0)``)."""
     return tuple(int(m * epochs / base_epochs) for m in milestones)
+
+
+def budget_recipe(recipe: Recipe, budget: str, space: Space, arch: Architecture, epochs: int | None = None) -> Recipe:
+    """The recipe ``arch`` trains with under ``budget`` (``scratch-e`` / ``scratch-b``): ``epochs`` (default: the
+    recipe's) for Scratch-E, stretched by :func:`scratch_epochs` for Scratch-B; milestones scaled once, from the
+    named recipe's (scaling already-floored milestones would floor twice). The one rule for the search's trials and
+    ``prunenas train``."""
+    epochs = epochs or recipe.epochs
+    if budget in ("scratch-b", "B"):
+        epochs = scratch_epochs("scratch-b", epochs, count(space.base).macs, count(arch).macs,
+                                space.scratch_b_cap).epochs
+    elif budget not in ("scratch-e", "E"):
+        raise BudgetError(f"budget {budget!r} must be scratch-e or scratch-b")
+    return recipe.with_epochs(epochs)

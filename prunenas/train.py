@@ -34,6 +34,10 @@ from prunenas.recipes import RECIPES, Recipe
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 
 
+RUN_ONLY = frozenset({"device", "threads", "compile", "eval_batch_size"})
+"""TrainConfig fields that change how a training runs, never what it learns (left out of every cache key)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig(Recipe):
     """A recipe (optimiser and schedule) plus how to run it.
@@ -70,6 +74,10 @@ class TrainConfig(Recipe):
         config = cls(**{**{f.name: getattr(base, f.name) for f in fields(Recipe)}, **overrides})
         config.validate()
         return config
+
+    def identity(self) -> dict[str, Any]:
+        """Every field that determines the trained weights (the run-only ones left out): part of cache keys."""
+        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY}
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -338,8 +346,7 @@ class _Run:
         state = torch.load(path, map_location=self.device, weights_only=True)
         saved = state["config"]
         current = _plain(asdict(self.config))
-        ignore = {"device", "threads", "compile", "eval_batch_size"}
-        changed = sorted(k for k in current if k not in ignore and saved.get(k) != current[k])
+        changed = sorted(k for k in current if k not in RUN_ONLY and saved.get(k) != current[k])
         if changed:
             raise PrunenasError(f"checkpoint {path} was written with another configuration ({', '.join(changed)}); "
                                 "delete it or use the same settings to resume")

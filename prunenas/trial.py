@@ -1,8 +1,8 @@
 """One trial = one network trained once: the pure (Ray-free) logic of the search and evaluation phases.
 
-:func:`make_proposal` turns a sampled (method, parameters, target) into a Proposal; :func:`plan_arms` gives
+:func:`make_proposal` turns a sampled (method, parameters, target) into a Proposal; :func:`evaluation_trials` gives
 the networks of the arms compared with it (the proposal itself, its uniform twin at the same cost, random
-widths at the same cost, fine-tuned and lottery-ticket versions); :func:`run_training` trains one of them —
+widths at the same cost, fine-tuned and lottery-ticket versions); :func:`run_trial` trains one of them —
 or returns its existing row — and appends the row to the run's results store.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prunenas.arch import Architecture, from_dict
-from prunenas.budget import cost_error, cost_of, scratch_epochs, uniform_twin
+from prunenas.budget import budget_recipe, cost_error, cost_of, uniform_twin
 from prunenas.cost import count
 from prunenas.data import Data, load_data
 from prunenas.environment import environment
@@ -115,8 +115,9 @@ def search_rows_by_proposal(digests: Mapping[str, str], rows: Iterable[Mapping[s
 
 
 @dataclass(frozen=True)
-class Training:
-    """One network trained once: architecture, arm, budget, seed, learning rate and initial weights."""
+class Trial:
+    """One network trained once — DESIGN's trial, the unit a Tune trial runs: architecture, arm, budget, seed,
+    learning rate and initial weights. (Ray's and Optuna's objects are "Tune trials" and "Optuna trials".)"""
 
     arch: Architecture
     arm: str
@@ -137,38 +138,31 @@ class Training:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], run: RunDir) -> Training:
+    def from_dict(cls, data: Mapping[str, Any], run: RunDir) -> Trial:
         data = dict(data)
         data["arch"] = from_dict(data["arch"], base_dir=run.proposals_dir)
         return cls(**data)
 
 
-def training_config(ctx: Context, training: Training) -> TrainConfig:
+def training_config(ctx: Context, training: Trial) -> TrainConfig:
     """Recipe, epochs (Scratch-E/B from budget.scratch_epochs only), learning rate, seed, threads."""
     e = ctx.experiment
     if training.budget == "finetune":
         recipe = RECIPES.get(e.finetune_recipe)
         recipe = recipe.with_epochs(e.finetune_epochs) if e.finetune_epochs else recipe
     else:
-        recipe = RECIPES.get(e.recipe)
-        epochs = e.epochs or recipe.epochs
-        if training.budget == "scratch-b":
-            epochs = scratch_epochs("scratch-b", epochs, count(e.space.base).macs, count(training.arch).macs,
-                                    e.space.scratch_b_cap).epochs
-        # milestones scaled once from the named recipe's: scaling already-floored ones floors twice
-        recipe = recipe.with_epochs(epochs)
+        recipe = budget_recipe(RECIPES.get(e.recipe), training.budget, e.space, training.arch, e.epochs)
     overrides: dict[str, Any] = {"seed": training.seed, "threads": ctx.threads, "device": ctx.device}
     if training.lr is not None:
         overrides["lr"] = training.lr
     return TrainConfig.from_recipe(recipe, **overrides)
 
 
-def training_key(ctx: Context, training: Training, config: TrainConfig | None = None) -> str:
+def training_key(ctx: Context, training: Trial, config: TrainConfig | None = None) -> str:
     """Digest of everything that determines the trained weights."""
     e = ctx.experiment
     config = config or training_config(ctx, training)
-    recipe = {k: v for k, v in asdict(config).items() if k not in ("device", "threads", "compile",
-                                                                      "eval_batch_size")}
+    recipe = config.identity()
     identity = {"arch": training.arch.digest(), "arm": training.arm, "budget": training.budget, "recipe": recipe,
                 "data": [e.dataset, e.val_size, e.subset], "init": training.init}
     if training.init != "scratch":
@@ -177,7 +171,7 @@ def training_key(ctx: Context, training: Training, config: TrainConfig | None = 
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
-def run_training(ctx: Context, training: Training, phase: str,
+def run_trial(ctx: Context, training: Trial, phase: str,
                  on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train ``training`` (resuming its checkpoint) unless its key already has a final row; return the row.
 
@@ -193,7 +187,7 @@ def run_training(ctx: Context, training: Training, phase: str,
         return _train_unless_final(ctx, training, phase, on_epoch, config, key)
 
 
-def _train_unless_final(ctx: Context, training: Training, phase: str,
+def _train_unless_final(ctx: Context, training: Trial, phase: str,
                         on_epoch: Callable[[dict[str, float]], None] | None, config: Any, key: str) -> dict[str, Any]:
     store = ctx.run.results
     existing = store.final(key)
@@ -207,7 +201,7 @@ def _train_unless_final(ctx: Context, training: Training, phase: str,
     row: dict[str, Any] = {"key": key, "phase": phase, "arm": training.arm, "budget": training.budget,
                            "seed": training.seed, "method": training.method, "proposal": training.proposal,
                            "arch": arch_dict(training.arch), "digest": training.arch.digest(), "macs": cost.macs,
-                           "params": cost.params, "epochs": config.epochs, "recipe": _recipe_dict(config),
+                           "params": cost.params, "epochs": config.epochs, "recipe": config.identity(),
                            "init": training.init, "environment": {**environment(config.device), "node": ctx.node}}
     if training.twin_error is not None:
         row["twin_error"] = training.twin_error
@@ -263,7 +257,7 @@ def arch_dict(arch: Architecture) -> dict[str, Any]:
     return data
 
 
-def _initial(ctx: Context, training: Training) -> Architecture | Any:
+def _initial(ctx: Context, training: Trial) -> Architecture | Any:
     if training.init == "scratch":
         return training.arch
     proposal = load_proposal(ctx.run.proposal_path(training.proposal))
@@ -274,10 +268,6 @@ def _base_spec(ctx: Context, proposal: Proposal):
     return PROPOSERS.get(proposal.method).base_spec(ctx.experiment.space, proposal.target, proposal.params)
 
 
-def _recipe_dict(config: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(config).items() if k not in ("device", "threads", "compile", "eval_batch_size")}
-
-
 def _epoch_summary(m: Mapping[str, float]) -> dict[str, float]:
     return {k: round(m[k], 6) for k in ("epoch", "train_loss", "train_acc", "val_acc", "val_loss", "lr", "seconds")}
 
@@ -285,7 +275,7 @@ def _epoch_summary(m: Mapping[str, float]) -> dict[str, float]:
 # -- the arms of one proposal ---------------------------------------------------------------------------
 
 
-def plan_arms(ctx: Context, proposal: Proposal, pid: str, lr: float | None = None) -> list[Training]:
+def evaluation_trials(ctx: Context, proposal: Proposal, pid: str, lr: float | None = None) -> list[Trial]:
     """Every training of the evaluation phase for one proposal: arms x budgets x evaluation seeds.
 
     Twins share seeds and recipe. ``uniform``: base widths x one multiplier at the proposal's achieved cost
@@ -296,7 +286,7 @@ def plan_arms(ctx: Context, proposal: Proposal, pid: str, lr: float | None = Non
     e = ctx.experiment
     match = proposal.target.match
     goal = cost_of(proposal.arch, match)
-    out: list[Training] = []
+    out: list[Trial] = []
     for arm in e.arms:
         if arm in ("finetune", "lottery") and proposal.kept is None and proposal.arch.masks is None:
             continue  # nothing to inherit (uniform/random/direct proposals)
@@ -304,7 +294,7 @@ def plan_arms(ctx: Context, proposal: Proposal, pid: str, lr: float | None = Non
         for seed in e.eval_seeds:
             arch = _arm_arch(ctx, proposal, arm, seed, goal)
             error = cost_error(cost_of(arch, match), goal) if arm in CONTROLS else None
-            out += [Training(arch, arm, budget, seed, lr, pid, proposal.method, error) for budget in budgets]
+            out += [Trial(arch, arm, budget, seed, lr, pid, proposal.method, error) for budget in budgets]
     return out
 
 

@@ -110,13 +110,13 @@ def test_scratch_epochs_bad_mode():
 def test_an_experiments_epochs_scale_the_recipes_milestones_once(tmp_path, budget):
     from prunenas.experiment import experiment_from_dict
     from prunenas.runs.rundir import RunDir
-    from prunenas.trial import Context, Training, training_config
+    from prunenas.trial import Context, Trial, training_config
 
     exp = experiment_from_dict({"space": "tiny-synthetic", "data": {"name": "synthetic"},
                                 "proposers": {"uniform": {}}, "targets": {"ratios": [0.6]},
                                 "recipe": {"name": "cifar-paper", "epochs": 7}})
     arch = uniform_twin(exp.space, target_from_ratio(exp.space, 0.6)).arch
-    config = training_config(Context(exp, RunDir(tmp_path)), Training(arch, "uniform", budget, 0))
+    config = training_config(Context(exp, RunDir(tmp_path)), Trial(arch, "uniform", budget, 0))
     # by hand from the paper's rule on cifar-paper (160 epochs, lr x0.1 at 80 and 120): E epochs put the
     # milestones at int(80 E / 160) and int(120 E / 160); Scratch-B E = int(7 x MACs(base) / MACs(arch)) = 11
     epochs = {"scratch-e": 7, "scratch-b": 11}[budget]

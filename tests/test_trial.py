@@ -5,7 +5,7 @@ from prunenas.cost import count
 from prunenas.experiment import experiment_from_dict
 from prunenas.proposers import Proposal, Target, propose
 from prunenas.runs.rundir import RunDir
-from prunenas.trial import Context, Training, plan_arms, proposal_id, run_training
+from prunenas.trial import Context, Trial, evaluation_trials, proposal_id, run_trial
 
 from .search.search_helpers import EXPERIMENT
 
@@ -46,7 +46,7 @@ def test_every_control_training_carries_its_cost_error_against_the_proposal():
     ctx = Context(EXP, RunDir("unused"), threads=1)
     proposal = propose("random", EXP.space, Target(ratio=0.5), None, {}, seed=3)
     goal = count(proposal.arch).macs
-    trainings = plan_arms(ctx, proposal, proposal_id(proposal))
+    trainings = evaluation_trials(ctx, proposal, proposal_id(proposal))
     assert {t.arm for t in trainings} == {"proposed", "uniform", "random"}
     for t in trainings:
         expected = None if t.arm == "proposed" else count(t.arch).macs / goal - 1
@@ -57,24 +57,24 @@ def test_every_control_training_carries_its_cost_error_against_the_proposal():
 def test_the_row_of_a_control_records_its_cost_error(tmp_path):
     ctx = Context(EXP, RunDir(tmp_path), threads=1)
     proposal = propose("random", EXP.space, Target(ratio=0.5), None, {}, seed=3)
-    uniform = next(t for t in plan_arms(ctx, proposal, proposal_id(proposal)) if t.arm == "uniform")
-    row = run_training(ctx, uniform, "eval")
+    uniform = next(t for t in evaluation_trials(ctx, proposal, proposal_id(proposal)) if t.arm == "uniform")
+    row = run_trial(ctx, uniform, "eval")
     assert row["twin_error"] == count(uniform.arch).macs / count(proposal.arch).macs - 1
 
 
 def test_only_the_evaluation_reads_the_test_set(tmp_path):
-    training = Training(EXP.space.base, "proposed", "scratch-e", 0)
+    training = Trial(EXP.space.base, "proposed", "scratch-e", 0)
     run = RunDir(tmp_path / "run")
-    searched = run_training(Context(EXP, run, threads=1), training, "search")
+    searched = run_trial(Context(EXP, run, threads=1), training, "search")
     assert searched["status"] == "ok" and searched["test_acc"] is None
     # reused as an evaluation row: the test accuracy of its saved weights, appended to the store
-    evaluated = run_training(Context(EXP, run, threads=1), training, "eval")
+    evaluated = run_trial(Context(EXP, run, threads=1), training, "eval")
     assert evaluated["key"] == searched["key"] and evaluated["val_acc"] == searched["val_acc"]
     assert [r["test_acc"] for r in run.results.rows()] == [None, evaluated["test_acc"]]
     # the same training evaluated at its end, as an evaluation trial does: the same test accuracy
-    fresh = run_training(Context(EXP, RunDir(tmp_path / "fresh"), threads=1), training, "eval")
+    fresh = run_trial(Context(EXP, RunDir(tmp_path / "fresh"), threads=1), training, "eval")
     assert fresh["test_acc"] == evaluated["test_acc"] and fresh["test_loss"] == evaluated["test_loss"]
-    assert run_training(Context(EXP, run, threads=1), training, "eval") == evaluated  # read once
+    assert run_trial(Context(EXP, run, threads=1), training, "eval") == evaluated  # read once
     assert len(run.results.rows()) == 2
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prunenas.arch import Architecture
-from prunenas.budget import scratch_epochs
+from prunenas.budget import budget_recipe
 from prunenas.cli.common import resolve
 from prunenas.cost import count, format_macs
 from prunenas.data import load_data
@@ -35,10 +35,7 @@ def training_config(space: Space, arch: Architecture, args: argparse.Namespace) 
     if args.epochs is not None:
         overrides["epochs"], budget = args.epochs, f"{args.epochs} epochs"
     elif args.budget:
-        schedule = scratch_epochs(args.budget, recipe.epochs, count(space.base).macs, count(arch).macs,
-                                  space.scratch_b_cap, recipe.milestones)
-        overrides.update(epochs=schedule.epochs, milestones=schedule.milestones)
-        budget = args.budget
+        recipe, budget = budget_recipe(recipe, args.budget, space, arch), args.budget
     return TrainConfig.from_recipe(recipe, **overrides), budget
 
 

@@ -180,8 +180,7 @@ class BaseModelProvider:
         if self.weights:
             identity.update(weights=weights_identity(self.weights, self.space.base), seed=self.seed)
         else:
-            identity["config"] = {k: v for k, v in asdict(self.config()).items()
-                                  if k not in ("device", "threads", "compile", "eval_batch_size")}
+            identity["config"] = self.config().identity()
         text = json.dumps(identity, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 

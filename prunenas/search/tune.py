@@ -55,12 +55,12 @@ from prunenas.search.plan import (
 from prunenas.search.study import STUDY, storage
 from prunenas.trial import (
     Context,
-    Training,
+    Trial,
     evaluated,
+    evaluation_trials,
     make_proposal,
-    plan_arms,
     proposal_id,
-    run_training,
+    run_trial,
     search_rows_by_proposal,
     training_key,
 )
@@ -377,9 +377,9 @@ def _search_trial(config: dict, ctx: Context) -> None:
               "macs": macs}
     with _counted(_trial_tags(ctx, "search", proposal.method, "proposed")):
         for i, seed in enumerate(exp.search_seeds):
-            training = Training(proposal.arch, "proposed", "scratch-e", seed, spec["lr"], pid, proposal.method)
+            training = Trial(proposal.arch, "proposed", "scratch-e", seed, spec["lr"], pid, proposal.method)
             on_epoch = _report_epochs({**prefix, "seed_index": i}, macs, _search_progress(exp, accuracies, i))
-            accuracies.append(run_training(ctx, training, "search", on_epoch=on_epoch)["val_acc"])
+            accuracies.append(run_trial(ctx, training, "search", on_epoch=on_epoch)["val_acc"])
     score = statistics.fmean(accuracies)
     tune.report({"score": score, "val_acc": score, RUNNING_ACC: score, STEP: search_epochs(exp) * len(accuracies),
                  "macs": macs, "proposal": pid, "final": True,
@@ -402,7 +402,7 @@ def _phase_evaluate(ctx: Context) -> int:
     lrs = {pid: rs[0]["recipe"]["lr"] if exp.lr is not None else None for pid, rs in by_proposal.items()}
     plan, trainings = {}, {}
     for pid in chosen:
-        for training in plan_arms(ctx, proposals[pid], pid, lrs[pid]):
+        for training in evaluation_trials(ctx, proposals[pid], pid, lrs[pid]):
             key = training_key(ctx, training)
             plan.setdefault(pid, []).append({"arm": training.arm, "budget": training.budget,
                                              "seed": training.seed, "key": key})
@@ -437,10 +437,10 @@ def _unevaluated(ctx: Context, keys: Any) -> list[str]:
 
 
 def _evaluation_trial(config: dict, ctx: Context) -> None:
-    training = Training.from_dict(config["training"], ctx.run)
+    training = Trial.from_dict(config["training"], ctx.run)
     prefix = {"run": ctx.run.path.name, "phase": "eval", "method": training.method or "", "arm": training.arm}
     with _counted(_trial_tags(ctx, "eval", training.method or "", training.arm)):
-        row = run_training(ctx, training, "eval", on_epoch=_report_epochs(prefix, count(training.arch).macs))
+        row = run_trial(ctx, training, "eval", on_epoch=_report_epochs(prefix, count(training.arch).macs))
     tune.report({"score": row["val_acc"], "final": True, "arm": training.arm,
                  "summary": f"{training.arm} {training.budget} seed {training.seed} ({training.method}): "
                             f"val {row['val_acc']:.2%}, test {row['test_acc']:.2%}"})

@@ -1,6 +1,6 @@
 """prunenas export / arch list on hand-built run folders holding real (briefly trained) tiny networks.
 
-The run folders are written with the run's own helpers (RunDir, ResultsStore rows as trials.run_training
+The run folders are written with the run's own helpers (RunDir, ResultsStore rows as trial.run_trial
 writes them, proposals with masks files in RUN/proposals, weights as safetensors), so the exporter reads
 exactly the layout a search produces, without a 40-second search per test module.
 """

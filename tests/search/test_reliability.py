@@ -156,13 +156,13 @@ def test_two_nodes_share_the_trials_and_a_lost_node_is_survived(tmp_path):
 def _train_tiny_key(run_path, queue):
     from prunenas.experiment import experiment_from_dict
     from prunenas.runs.rundir import RunDir
-    from prunenas.trial import Context, Training, run_training
+    from prunenas.trial import Context, Trial, run_trial
 
     from .search_helpers import EXPERIMENT
 
     exp = experiment_from_dict(EXPERIMENT)
     ctx = Context(exp, RunDir(run_path), threads=1)
-    row = run_training(ctx, Training(exp.space.base, "uniform", "scratch-e", 0), "eval")
+    row = run_trial(ctx, Trial(exp.space.base, "uniform", "scratch-e", 0), "eval")
     queue.put(row["key"])
 
 
