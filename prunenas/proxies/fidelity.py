@@ -41,7 +41,7 @@ def rank_correlation(proxy: Sequence[float | None], accuracy: Sequence[float | N
     value = statistic(x, y) if n >= 2 and _varies(x) and _varies(y) else math.nan
     low = high = math.nan
     if n >= MIN_PAIRS and math.isfinite(value):
-        low, high = _bootstrap(statistic, x, y, resamples, seed)
+        low, high = _bootstrap(method, x, y, resamples, seed)
     return {"value": value, "low": low, "high": high, "n": n}
 
 
@@ -138,13 +138,38 @@ def _varies(values: np.ndarray) -> bool:
     return bool(values.size) and bool((values != values[0]).any())
 
 
-def _bootstrap(statistic: Callable[[np.ndarray, np.ndarray], float], x: np.ndarray, y: np.ndarray, resamples: int,
-               seed: int) -> tuple[float, float]:
+def _bootstrap(method: str, x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
-    values: list[float] = []
-    while len(values) < resamples:
-        pick = rng.integers(0, len(x), size=len(x))
-        if _varies(x[pick]) and _varies(y[pick]):
-            values.append(statistic(x[pick], y[pick]))
-    low, high = np.percentile(values, [2.5, 97.5])
+    statistic = _ROW_STATISTICS[method]
+    values: list[np.ndarray] = []
+    needed = resamples
+    while needed > 0:  # resamples with a constant side have no rank correlation: draw again
+        chunk = min(needed, max(1, 4_000_000 // len(x) ** 2))  # ~100 MB of pairwise signs at most
+        pick = rng.integers(0, len(x), size=(chunk, len(x)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            found = statistic(x[pick], y[pick])
+        found = found[np.isfinite(found)]
+        values.append(found)
+        needed -= len(found)
+    low, high = np.percentile(np.concatenate(values)[:resamples], [2.5, 97.5])
     return float(low), float(high)
+
+
+def kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row pair: ``sum sx*sy / sqrt(sum sx^2 * sum sy^2)`` over the pairwise signs
+    ``sx = sign(x_i - x_j)`` — (concordant - discordant) over the geometric mean of the untied pairs."""
+    sx, sy = (np.sign(v[:, :, None] - v[:, None, :]) for v in (x, y))
+    return (sx * sy).sum((1, 2)) / np.sqrt((sx * sx).sum((1, 2)) * (sy * sy).sum((1, 2)))
+
+
+def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair: Pearson's correlation of the average ranks."""
+    from scipy.stats import rankdata
+
+    rx, ry = (rankdata(v, axis=1) for v in (x, y))
+    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+    return (rx * ry).sum(1) / np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
+
+
+# vectorised over resamples (one row each): scipy's functions take ~1 ms a call, 2,000 resamples per interval
+_ROW_STATISTICS = {"kendall": kendall_rows, "spearman": spearman_rows}
