@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -145,13 +146,16 @@ def test_widths_without_kept_channels_keep_the_largest_l1_filters():
     assert kept[1] == tuple(range(16)) and kept[3] == tuple(range(8))
 
 
-def test_a_proposal_s_own_kept_channels_are_used(tiny_context):
+def test_a_proposal_s_kept_channels_are_used_when_they_index_the_base_model(tiny_context):
     space = tiny_context().space
     arch = space.arch([6, 16, 8, 8])
-    proposal = Proposal(arch, "l1-norm", {}, Target(ratio=0.9), kept={0: (0, 1, 2, 3, 4, 5)})
-    given = score("adaptive-bn", proposal, tiny_context(), SMALL_PARAMS["adaptive-bn"])
-    chosen = score("adaptive-bn", arch, tiny_context(), SMALL_PARAMS["adaptive-bn"])
-    assert given.details["channels"] == "given" and chosen.details["channels"] == "l1-norm"
+    proposal = Proposal(arch, "l1-norm", {}, Target(ratio=0.9), kept={0: (0, 1, 2, 3, 4, 5)},
+                        provenance={"base_model": "static"})
+    other_base = replace(proposal, provenance={"base_model": "slimming-base"})  # indexes another network
+    given, bare, foreign = (score("adaptive-bn", c, tiny_context(), SMALL_PARAMS["adaptive-bn"])
+                            for c in (proposal, arch, other_base))
+    assert given.details["channels"] == "given"
+    assert bare.details["channels"] == foreign.details["channels"] == "l1-norm"
 
 
 def test_full_width_adaptive_bn_and_the_base_model_accuracy(fashion_providers):

@@ -157,9 +157,9 @@ def register_proxy(name: str, params: Mapping[str, Param] | None = None, descrip
                    needs_base: bool = False, needs_batch_norm: bool = False) -> Callable[[ProxyFn], ProxyFn]:
     """Decorator registering ``fn(arch, context, params, kept) -> ProxyScore``.
 
-    ``kept`` (slot -> kept channel indices of the base network, or ``None``) matters only to proxies that
-    inherit weights; ``needs_base`` says the proxy reads ``context.base_model``, ``needs_batch_norm`` that it
-    applies only to spaces with batch norms.
+    ``kept`` (slot -> kept channel indices of the base network, or ``None``) is given only to proxies with
+    ``needs_base`` (they read ``context.base_model``); ``needs_batch_norm`` says the proxy applies only to
+    spaces with batch norms. The ``seconds`` the function returns are replaced by the measured time of the call.
     """
 
     def decorator(fn: ProxyFn) -> ProxyFn:
@@ -182,13 +182,19 @@ def score(name: str, candidate: Architecture | Proposal, context: ProxyContext,
           params: Mapping[str, Any] | None = None) -> ProxyScore:
     """Score one candidate with proxy ``name``; ``seconds`` covers the whole call.
 
-    A :class:`~prunenas.proposers.proposal.Proposal` that records kept channels hands them to proxies that
-    inherit weights; a bare architecture (direct widths, uniform) lets such proxies choose the channels.
+    A :class:`~prunenas.proposers.proposal.Proposal` hands its kept channels to proxies that inherit weights
+    when they index the context's base model (the proposal's ``base_model`` is its key: a Network Slimming
+    proposal's channels index its sparsity-trained base, not the plain one); otherwise, and for a bare
+    architecture (direct widths, uniform), such proxies choose the channels themselves.
     """
     full = check_proxy(name, context.space, params)
+    info = PROXIES.get(name)
     arch, kept = _unpack(candidate)
+    if kept is not None and (not info.needs_base or candidate.provenance.get("base_model")  # type: ignore[union-attr]
+                             != context.base_model(name).key):
+        kept = None
     started = time.perf_counter()
-    result = PROXIES.get(name).fn(arch, context, full, kept)
+    result = info.fn(arch, context, full, kept)
     return ProxyScore(float(result.score), time.perf_counter() - started, int(result.images), dict(result.details))
 
 
