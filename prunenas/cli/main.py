@@ -210,6 +210,7 @@ def add_report(sub: Subparsers) -> None:
     p.add_argument("--format", choices=("md", "csv", "json"), default="md")
     p.add_argument("--out", help="folder for the report files (default RUN/report)")
     p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
+    _json_flag(p, "print the report as one JSON object (report.json's) on stdout; files are written as usual")
     p.set_defaults(run="runs:cmd_report")
 
 

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from prunenas.cost import format_macs
 from prunenas.errors import PrunenasError
 from prunenas.runs.export import export, format_architectures, list_architectures, open_run, select_best, select_trial
-from prunenas.runs.report import write_report
+from prunenas.runs.report import report_json, write_report
 from prunenas.runs.results import format_percent
 from prunenas.runs.rundir import RunDir
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write the report files; print the markdown (``--format md``) and where they were written."""
+    """Write the report files; print the markdown (``--format md``) or, with ``--json``, report.json's object."""
     run = RunDir(args.run_dir)
     run.state()
     written = write_report(run, args.out, args.format, latency=not args.no_latency)
+    summary = f"written to {written['folder']}: {', '.join(written['files'])}"
+    if args.json:  # stdout is the JSON object alone, so it can be piped into a parser
+        print(report_json(written["data"]), end="")
+        print(summary, file=sys.stderr)
+        return 0
     if "text" in written:
         print(written["text"])
-    print(f"written to {written['folder']}: {', '.join(written['files'])}")
+    print(summary)
     return 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prunenas.cli.main import main
 from prunenas.cli.status import run_status
 from prunenas.runs import report
 from prunenas.runs.report import collect, write_report
@@ -111,3 +112,16 @@ def test_the_resnet_studys_sss_twin_outside_one_percent_is_flagged_in_report_and
     assert f"- {flag}\n" in (run.path / "report" / "report.md").read_text()
     for other in sorted(set(STUDIES) - {"fashionmnist-resnet-study"}):
         assert "controls_outside_tolerance" not in run_status(str(RESULTS / other))
+
+
+def test_report_json_prints_report_json_on_stdout_with_the_rows_means(tmp_path, capsys):
+    study = "fashionmnist-sfp-study"
+    code = main(["report", str(RESULTS / study), "--format", "json", "--no-latency", "--json",
+                 "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    printed = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in report --json"))
+    assert code == 0 and printed == json.loads((tmp_path / "report.json").read_text())
+    assert "report.json" in err  # where the files went, off stdout
+    means = {(r["macs"] / 1e6, 100 * r["proposed"]["mean"], 100 * r["proposed"]["std"])
+             for r in printed["test"] if r["budget"] == "scratch-e"}
+    assert np.allclose(sorted(means), sorted(proposed_test_accuracy_by_hand(study)["sfp"]), rtol=0, atol=1e-9)
