@@ -8,10 +8,11 @@ import sys
 
 from prunenas.cost import format_macs
 from prunenas.errors import PrunenasError
-from prunenas.runs.export import export, format_architectures, list_architectures, open_run, select_best, select_trial
+from prunenas.runs.catalog import format_architectures, list_architectures, open_run
+from prunenas.runs.export import export, select_best, select_trial
 from prunenas.runs.report import report_json, write_report
-from prunenas.runs.results import format_percent
 from prunenas.runs.rundir import RunDir
+from prunenas.runs.stats import format_percent
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -30,8 +30,8 @@ from prunenas.cost import count
 from prunenas.errors import PrunenasError
 from prunenas.experiment import CONTROLS
 from prunenas.proposers import load_proposal
-from prunenas.runs.results import MIN_PAIRED_SEEDS, format_percent, has_interval, mean_std, paired_difference
 from prunenas.runs.rundir import RunDir
+from prunenas.runs.stats import MIN_PAIRED_SEEDS, format_percent, has_interval, mean_std, paired_difference
 
 ARM_ORDER = ("proposed", "uniform", "random", "finetune", "lottery")
 METRICS = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}
