@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from prunenas.runs.report import collect, markdown_table, table_rows
-from prunenas.runs.results import significant
 from prunenas.runs.rundir import RunDir
+from prunenas.runs.stats import significant
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"

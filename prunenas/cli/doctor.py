@@ -3,7 +3,9 @@ authentication mode, datasets found, the base-model cache."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import os
 import platform
 import urllib.request
@@ -24,6 +26,7 @@ def _version(module: str) -> str:
 
 
 def checks(address: str | None = None) -> dict[str, Any]:
+    """What this installation can do, as a nested dict of strings and numbers (``address``: a dashboard to reach)."""
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "packages": {m: _version(m) for m in ("prunenas", "torch", "torchvision", "ray", "optuna", "thop",
@@ -58,3 +61,19 @@ def _ray_reachable(address: str) -> str:
             return f"reachable ({response.read().decode()[:80]})"
     except Exception as err:  # noqa: BLE001
         return f"not reachable: {err}"
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Print :func:`checks` as an indented list, or as one JSON object."""
+    info = checks(args.address)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for key, value in info.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"    {k}: {v}")
+        else:
+            print(f"{key}: {value}")
+    return 0

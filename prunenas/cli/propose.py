@@ -1,4 +1,4 @@
-"""``prunenas propose``: run one proposer from the command line."""
+"""``prunenas proposers`` and ``propose``: the registered pruning methods, and one of them run from the command line."""
 
 from __future__ import annotations
 
@@ -30,7 +30,29 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def cmd_proposers(args: argparse.Namespace) -> int:
+    """Every registered proposer with its description, whether it needs a base model, and its parameters."""
+    rows = [{"name": name, "description": info.description, "needs_base_model": info.needs_base,
+             "presets": info.presets,
+             "params": {k: {"default": p.default, "type": p.kind.__name__, "help": p.help,
+                            **({"choices": list(p.choices)} if p.choices else {}),
+                            **({"range": [p.low, p.high]} if p.low is not None else {})}
+                        for k, p in info.params.items()}}
+            for name, info in ((n, PROPOSERS.get(n)) for n in PROPOSERS.names())]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        flags = ", ".join(f for f, on in (("needs a base model", row["needs_base_model"]),
+                                          ("presets", row["presets"])) if on)
+        print(f"{row['name']}: {row['description']}" + (f" [{flags}]" if flags else ""))
+        for key, p in row["params"].items():
+            print(f"    {key} = {p['default']!r} ({p['type']}) {p['help']}")
+    return 0
+
+
 def run_propose(args: argparse.Namespace) -> int:
+    """One proposal of ``args.method`` on ``args.target`` (training or reading the base model as needed)."""
     info = PROPOSERS.get(args.method)
     space = load_space(args.target)
     target = Target(ratio=args.ratio, cost=args.macs, preset=args.preset, match=args.match)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -47,3 +49,14 @@ def run_status(target: str, address: str | None = None) -> dict[str, Any]:
         if flags:
             info["controls_outside_tolerance"] = flags
     return info
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print :func:`run_status` as ``key: value`` lines, or as one JSON object."""
+    info = run_status(args.target, args.address)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0

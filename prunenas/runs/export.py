@@ -24,28 +24,24 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from prunenas import __version__
 from prunenas.arch import Architecture, from_dict, load_architecture
-from prunenas.cost import format_macs
 from prunenas.errors import PrunenasError
-from prunenas.experiment import ARMS
 from prunenas.fileio import atomic_write_bytes, file_sha256
-from prunenas.runs.results import finite_number, format_percent
+from prunenas.runs.catalog import LIST_HINT, check_arm, run_info, trained_rows
 from prunenas.runs.rundir import RunDir
-from prunenas.spaces import load_space
+from prunenas.runs.stats import finite_number
 
 if TYPE_CHECKING:
     from torch import nn
@@ -56,19 +52,6 @@ EXPORT_FORMAT = "prunenas.export/1"
 # Metrics --best may rank on, and whether higher is better. Validation only: test accuracy is for the report.
 SELECTION_METRICS = {"val_acc": True, "val_loss": False}
 PT2_META = "prunenas.json"  # name of the metadata entry inside a pt2 archive (torch.export.save extra_files)
-_LIST_HINT = "list the trained networks and their keys with `prunenas arch list {run}`"
-
-
-# -- the run folder -------------------------------------------------------------------------------------
-
-
-def open_run(path: str | os.PathLike) -> RunDir:
-    """The run folder at ``path``; a missing folder or one that is not a run is a :class:`PrunenasError`."""
-    if not Path(path).is_dir():
-        raise PrunenasError(f"run folder {path} does not exist")
-    run = RunDir(path)
-    run.state()  # schema check, clear error for a foreign folder
-    return run
 
 
 @dataclass(frozen=True)
@@ -112,11 +95,6 @@ class Trial:
         return model.eval()
 
 
-def trained_rows(run: RunDir) -> list[dict[str, Any]]:
-    """The latest row of every trained network (status ``ok``) of ``run``, in the order they were written."""
-    return [row for row in run.results.latest().values() if row.get("status") == "ok"]
-
-
 def select_best(run: RunDir, metric: str = "val_acc", arm: str = "proposed", max_macs: int | None = None) -> Trial:
     """The trained network with the best validation ``metric`` among rows of ``arm`` (``any``: every arm) with
     at most ``max_macs`` MACs.
@@ -127,7 +105,7 @@ def select_best(run: RunDir, metric: str = "val_acc", arm: str = "proposed", max
     if metric not in SELECTION_METRICS:
         raise PrunenasError(f"--metric {metric!r}: networks are selected on validation metrics only; choose one "
                             f"of {', '.join(SELECTION_METRICS)} (test accuracy is for the report)")
-    _check_arm(arm)
+    check_arm(arm)
     if max_macs is not None and max_macs <= 0:
         raise PrunenasError(f"--max-macs {max_macs} must be a positive integer")
     candidates = [row for row in trained_rows(run)
@@ -139,7 +117,7 @@ def select_best(run: RunDir, metric: str = "val_acc", arm: str = "proposed", max
         if max_macs is not None:
             where.append(f"MACs <= {max_macs}")
         raise PrunenasError(f"no trained network in {run.path} matches ({', '.join(where)}); "
-                            + _LIST_HINT.format(run=run.path))
+                            + LIST_HINT.format(run=run.path))
     sign = -1 if SELECTION_METRICS[metric] else 1
     best = min(candidates, key=lambda r: (sign * r[metric], r["macs"], r["params"], r["key"]))
     return Trial(run, best)
@@ -150,7 +128,7 @@ def select_trial(run: RunDir, key: str) -> Trial:
     latest = run.results.latest()
     matches = [key] if key in latest else sorted(k for k in latest if key and k.startswith(key))
     if not matches:
-        raise PrunenasError(f"no trial with key {key!r} in {run.path}; " + _LIST_HINT.format(run=run.path))
+        raise PrunenasError(f"no trial with key {key!r} in {run.path}; " + LIST_HINT.format(run=run.path))
     if len(matches) > 1:
         raise PrunenasError(f"key prefix {key!r} matches {len(matches)} trials in {run.path} "
                             f"({', '.join(matches[:5])}{', ...' if len(matches) > 5 else ''}); give more digits")
@@ -161,39 +139,7 @@ def select_trial(run: RunDir, key: str) -> Trial:
     return Trial(run, row)
 
 
-def _check_arm(arm: str) -> None:
-    if arm != "any" and arm not in ARMS:
-        raise PrunenasError(f"--arm {arm!r}: choose one of {', '.join(ARMS)} or any")
-
-
 # -- metadata -------------------------------------------------------------------------------------------
-
-
-def run_info(run: RunDir) -> dict[str, Any]:
-    """Name, space and dataset of a run (from ``run.json`` and the experiment it ran)."""
-    state = run.state()
-    try:
-        experiment = yaml.safe_load((run.path / "experiment.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        experiment = {}
-    if not isinstance(experiment, dict):
-        experiment = {}
-    space = experiment.get("space")
-    data = experiment.get("data") if isinstance(experiment.get("data"), dict) else {}
-    dataset = data.get("name")
-    if dataset is None and isinstance(space, str):
-        try:
-            dataset = load_space(space).dataset
-        except PrunenasError:
-            dataset = None
-    return {"name": state.get("name", run.path.name), "space": _space_name(space), "dataset": dataset}
-
-
-def _space_name(space: Any) -> str | None:
-    """A space as runs name it: built-in name, or the stem of its YAML file (as :func:`load_space` does)."""
-    if not isinstance(space, str):
-        return None
-    return Path(space).stem if space.endswith((".yaml", ".yml")) or os.sep in space else space
 
 
 def trial_meta(trial: Trial) -> dict[str, Any]:
@@ -449,56 +395,3 @@ def _exported_state(path: Path) -> dict[str, torch.Tensor] | None:
     if path.suffix == ".pt2":
         return dict(torch.export.load(str(path)).state_dict)  # parameters and persistent buffers
     return None  # ONNX folds and renames tensors; its file checksum is the check
-
-
-# -- listing --------------------------------------------------------------------------------------------
-
-
-def list_architectures(run_dirs: Sequence[str | os.PathLike], space: str | None = None,
-                       max_macs: int | None = None, min_acc: float | None = None,
-                       arm: str = "any") -> list[dict[str, Any]]:
-    """The trained networks of ``run_dirs`` (status ok), one dict each, filtered by space, MACs and validation
-    accuracy (``min_acc`` is a fraction in [0, 1]); per run, best validation accuracy first."""
-    if space is not None:
-        space = load_space(space).name  # an unknown space is an error, not an empty list
-    if min_acc is not None and not 0 <= min_acc <= 1:
-        raise PrunenasError(f"--min-acc {min_acc} must be a fraction in [0, 1] (validation accuracy)")
-    if max_macs is not None and max_macs <= 0:
-        raise PrunenasError(f"--max-macs {max_macs} must be a positive integer")
-    _check_arm(arm)
-    out = []
-    for run_dir in run_dirs:
-        run = open_run(run_dir)
-        info = run_info(run)
-        if space is not None and info["space"] != space:
-            continue
-        rows = [row for row in trained_rows(run)
-                if (arm == "any" or row.get("arm") == arm)
-                and (max_macs is None or row["macs"] <= max_macs)
-                and (min_acc is None or (finite_number(row.get("val_acc")) and row["val_acc"] >= min_acc))]
-        rows.sort(key=lambda r: (-r["val_acc"] if finite_number(r.get("val_acc")) else math.inf, r["macs"], r["key"]))
-        out += [_summary(run, info, row) for row in rows]
-    return out
-
-
-def _summary(run: RunDir, info: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"run": info["name"], "run_dir": str(run.path), "space": info["space"], "key": row["key"],
-            "method": row.get("method"), "arm": row.get("arm"), "budget": row.get("budget"), "seed": row.get("seed"),
-            "phase": row.get("phase"), "macs": row["macs"], "params": row["params"], "val_acc": row.get("val_acc"),
-            "test_acc": row.get("test_acc"), "widths": row["arch"]["widths"], "masked": "masks" in row["arch"],
-            "digest": row.get("digest")}
-
-
-def format_architectures(rows: Iterable[Mapping[str, Any]]) -> str:
-    """One line per network: run, key, method, arm, MACs, params, validation and test accuracy (%)."""
-    rows = list(rows)
-    if not rows:
-        return "(no trained networks match)"
-    run_width = max(3, *(len(r["run"]) for r in rows))
-    lines = [f"{'run':{run_width}}  {'key':16}  {'method':10}  {'arm':9}  {'MACs':>8}  {'params':>8}  "
-             f"{'val %':>6}  {'test %':>6}"]
-    for r in rows:
-        lines.append(f"{r['run']:{run_width}}  {r['key']:16}  {r['method'] or '-':10}  {r['arm']:9}  "
-                     f"{format_macs(r['macs']):>8}  {format_macs(r['params']):>8}  {format_percent(r['val_acc']):>6}  "
-                     f"{format_percent(r['test_acc']):>6}")
-    return "\n".join(lines)

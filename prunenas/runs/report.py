@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import statistics
 import time
@@ -29,8 +30,8 @@ from prunenas.cost import count
 from prunenas.errors import PrunenasError
 from prunenas.experiment import CONTROLS
 from prunenas.proposers import load_proposal
-from prunenas.runs.results import MIN_PAIRED_SEEDS, format_percent, has_interval, mean_std, paired_difference
 from prunenas.runs.rundir import RunDir
+from prunenas.runs.stats import MIN_PAIRED_SEEDS, format_percent, has_interval, mean_std, paired_difference
 
 ARM_ORDER = ("proposed", "uniform", "random", "finetune", "lottery")
 METRICS = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}
@@ -379,12 +380,13 @@ def _save(fig: Any, path: Path) -> list[Path]:
 
 def write_report(run: RunDir, out: str | os.PathLike | None = None, fmt: str = "md",
                  latency: bool = True) -> dict[str, Any]:
-    """Write the report of ``run`` into ``out`` (default ``RUN/report``); returns what was written."""
+    """Write the report of ``run`` into ``out`` (default ``RUN/report``); returns what was written: ``folder``,
+    ``files``, ``data`` (:func:`report_data`) and, for ``fmt="md"``, the markdown ``text``."""
     out = Path(out) if out else run.path / "report"
     state = run.state()
     groups = collect(run)  # read (and reject a corrupt run) before the report folder exists
     out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Any] = {"folder": str(out), "files": []}
+    written: dict[str, Any] = {"folder": str(out), "files": [], "data": report_data(state, groups)}
     if fmt == "md":
         text = _markdown(run, state, groups)
         (out / "report.md").write_text(text)
@@ -394,10 +396,7 @@ def write_report(run: RunDir, out: str | os.PathLike | None = None, fmt: str = "
         (out / "report.csv").write_text(_csv(groups))
         written["files"].append("report.csv")
     elif fmt == "json":
-        data = {"run": state.get("name"), "status": state.get("status"),
-                "test": table_rows(groups, "test_acc"), "validation": table_rows(groups, "val_acc"),
-                "verdict": verdict(groups)}
-        (out / "report.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        (out / "report.json").write_text(report_json(written["data"]))
         written["files"].append("report.json")
     else:
         raise PrunenasError(f"--format {fmt!r} must be md, csv or json")
@@ -409,6 +408,32 @@ def write_report(run: RunDir, out: str | os.PathLike | None = None, fmt: str = "
             (out / "latency.md").write_text(markdown_latency(records) + "\n")
             written["files"].append("latency.md")
     return written
+
+
+def report_data(state: Mapping[str, Any], groups: Sequence[Group]) -> dict[str, Any]:
+    """The report as one JSON-ready object (report.json, ``report --json``): run name and status, the test and
+    validation tables (:func:`table_rows`) and the verdict. A number that is not finite (no interval below
+    ``MIN_PAIRED_SEEDS`` pairs, no mean without values) is ``None``: JSON has no NaN."""
+    return finite_or_none({"run": state.get("name"), "status": state.get("status"),
+                           "test": table_rows(groups, "test_acc"), "validation": table_rows(groups, "val_acc"),
+                           "verdict": verdict(groups)})
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite, at any depth of dicts and lists, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def report_json(data: Mapping[str, Any]) -> str:
+    """:func:`report_data` as text; ``allow_nan=False`` makes a NaN that slips past :func:`finite_or_none` an
+    error instead of invalid JSON."""
+    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
 def _markdown(run: RunDir, state: Mapping[str, Any], groups: Sequence[Group]) -> str:

@@ -24,7 +24,10 @@ from prunenas.errors import PrunenasError
 from prunenas.fileio import atomic_write_text, read_text
 from prunenas.runs.results import ResultsStore
 
+# The run-folder schema changes only for incompatible changes (a new results field is optional, not a bump);
+# folders of every schema from OLDEST_READABLE_SCHEMA up stay readable by report, arch list and export.
 SCHEMA = 1
+OLDEST_READABLE_SCHEMA = 1
 
 
 class RunDir:
@@ -85,9 +88,10 @@ class RunDir:
         if not path.exists():
             raise PrunenasError(f"{self.path} is not a prunenas run folder (no run.json)")
         state = self._parse(path)
-        if state.get("schema") != SCHEMA:
+        if not readable_schema(state.get("schema")):
+            readable = SCHEMA if OLDEST_READABLE_SCHEMA == SCHEMA else f"{OLDEST_READABLE_SCHEMA} to {SCHEMA}"
             raise PrunenasError(f"{self.path} has run-folder schema {state.get('schema')!r}; this prunenas reads "
-                                f"schema {SCHEMA} (use the prunenas version that wrote it)")
+                                f"schema {readable} (use the prunenas version that wrote it)")
         return state
 
     def write_state(self, **changes: Any) -> dict[str, Any]:
@@ -110,6 +114,12 @@ class RunDir:
             return json.loads(read_text(path, "run file"))
         except json.JSONDecodeError as err:
             raise PrunenasError(f"{path} is corrupt: {err.msg}") from None
+
+
+def readable_schema(schema: Any) -> bool:
+    """Whether a run folder of run-folder schema ``schema`` can be read: this one or an older compatible one."""
+    return isinstance(schema, int) and not isinstance(schema, bool) and (
+        OLDEST_READABLE_SCHEMA <= schema <= SCHEMA)
 
 
 def _now() -> str:

@@ -30,17 +30,8 @@ from prunenas.fileio import file_sha256
 from prunenas.masks import reapply_masks
 from prunenas.proposers import Proposal, Target
 from prunenas.proposers.magnitude import write_masks
-from prunenas.runs.export import (
-    decode_meta,
-    export,
-    list_architectures,
-    open_run,
-    read_meta,
-    select_best,
-    select_trial,
-    state_sha256,
-    verify,
-)
+from prunenas.runs.catalog import list_architectures, open_run
+from prunenas.runs.export import decode_meta, export, read_meta, select_best, select_trial, state_sha256, verify
 from prunenas.runs.rundir import RunDir
 from prunenas.spaces import load_space
 from prunenas.trial import arch_dict

@@ -1,5 +1,7 @@
 """The report's reading of a run on hand-made groups (no run folder, no training): the interval column and
 verdict, the Pareto front of the proposals and the cost error of the controls."""
+import json
+
 import pytest
 
 from prunenas.runs import report
@@ -65,3 +67,21 @@ def test_controls_outside_one_percent_are_flagged_once_per_network():
     assert report.twin_flags([inside, outside]) == ["m at target 0.5: uniform twin -1.10% off the proposal's macs"]
     table = report.markdown_controls([inside, outside])
     assert "| +0.90% |" in table and "| -1.10% **outside ±1%** |" in table
+
+
+def strict_json(text):
+    """Parse ``text`` refusing NaN and Infinity, which Python's json accepts but JSON does not."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_report_json_writes_null_where_two_seeds_give_no_interval():
+    g = group({0: 0.7789, 1: 0.7633}, {0: 0.7711, 1: 0.7555})
+    data = strict_json(report.report_json(report.report_data({"name": "r", "status": "finished"}, [g])))
+    difference = data["test"][0]["proposed_minus_uniform"]
+    assert difference["mean"] == pytest.approx(0.0078) and difference["n"] == 2
+    assert difference["low"] is None and difference["high"] is None
+    assert data["validation"][0]["proposed"] == {"mean": None, "std": None, "n": 0}  # no val_acc in these rows
+    with pytest.raises(ValueError, match="Out of range float values"):
+        report.report_json({"low": float("nan")})

@@ -5,7 +5,8 @@ import pytest
 import scipy.stats
 
 from prunenas.fileio import atomic_write_text
-from prunenas.runs.results import ResultsStore, has_interval, mean_std, paired_difference, significant, t_quantile
+from prunenas.runs.results import ResultsStore
+from prunenas.runs.stats import has_interval, mean_std, paired_difference, significant, t_quantile
 
 
 def test_append_and_latest(tmp_path):

@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prunenas.cli.main import main
 from prunenas.cli.status import run_status
-from prunenas.runs import report
+from prunenas.errors import PrunenasError
+from prunenas.runs import report, rundir
+from prunenas.runs.catalog import list_architectures
 from prunenas.runs.report import collect, write_report
 from prunenas.runs.rundir import RunDir
 
@@ -111,3 +114,34 @@ def test_the_resnet_studys_sss_twin_outside_one_percent_is_flagged_in_report_and
     assert f"- {flag}\n" in (run.path / "report" / "report.md").read_text()
     for other in sorted(set(STUDIES) - {"fashionmnist-resnet-study"}):
         assert "controls_outside_tolerance" not in run_status(str(RESULTS / other))
+
+
+def test_report_json_prints_report_json_on_stdout_with_the_rows_means(tmp_path, capsys):
+    study = "fashionmnist-sfp-study"
+    code = main(["report", str(RESULTS / study), "--format", "json", "--no-latency", "--json",
+                 "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    printed = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in report --json"))
+    assert code == 0 and printed == json.loads((tmp_path / "report.json").read_text())
+    assert "report.json" in err  # where the files went, off stdout
+    means = {(r["macs"] / 1e6, 100 * r["proposed"]["mean"], 100 * r["proposed"]["std"])
+             for r in printed["test"] if r["budget"] == "scratch-e"}
+    assert np.allclose(sorted(means), sorted(proposed_test_accuracy_by_hand(study)["sfp"]), rtol=0, atol=1e-9)
+
+
+def test_a_run_folder_of_the_previous_schema_still_reports_after_a_bump(monkeypatch, tmp_path):
+    """The committed runs are schema 1; with the code at the next schema they must still read (report, arch list),
+    and a folder newer than the code is refused in one line."""
+    study = "fashionmnist-sfp-study"
+    assert json.loads((RESULTS / study / "run.json").read_text())["schema"] == rundir.SCHEMA
+    monkeypatch.setattr(rundir, "SCHEMA", rundir.SCHEMA + 1)
+    write_report(RunDir(RESULTS / study), tmp_path / "again", "md", latency=False)
+    assert (tmp_path / "again" / "report.md").read_text() == (RESULTS / study / "report" / "report.md").read_text()
+    rows = [json.loads(line) for line in (RESULTS / study / "results.jsonl").read_text().splitlines()]
+    trained = {row["key"] for row in rows if row["status"] == "ok"}
+    assert {row["key"] for row in list_architectures([RESULTS / study])} == trained
+    (tmp_path / "newer").mkdir()
+    (tmp_path / "newer" / "run.json").write_text(json.dumps({"schema": rundir.SCHEMA + 1}))
+    with pytest.raises(PrunenasError, match=f"has run-folder schema {rundir.SCHEMA + 1}; this prunenas reads schema "
+                                            f"{rundir.OLDEST_READABLE_SCHEMA} to {rundir.SCHEMA}"):
+        RunDir(tmp_path / "newer").state()
