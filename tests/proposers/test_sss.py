@@ -1,6 +1,7 @@
 """Sparse Structure Selection: the proximal step, where the factors sit, factor 0 = block removed, the factors
 in the base-model cache, targets by penalty and by MACs, and a real Fashion-MNIST ResNet losing blocks."""
 
+import math
 import subprocess
 import sys
 
@@ -141,7 +142,8 @@ def test_sss_removes_blocks_of_a_fashion_mnist_resnet_at_a_strong_penalty(tmp_pa
     assert counter.get_total_flops() // 2 == count(arch).macs < count(space.base).macs
     data = load_data("fashion-mnist", arch.input_shape, arch.num_classes, val_size=500, subset=1000)
     result = train(arch, data, TrainConfig.from_recipe("fast", epochs=1, threads=1), evaluate_test=False)
-    assert result.val_acc > 0.2 and result.macs == count(arch).macs
+    # one epoch on 1,000 images: it learns (below the loss of a uniform guess, ln 10), not that it learns well
+    assert result.val_loss < math.log(10) and result.macs == count(arch).macs
     at_macs = propose("sss", space, Target(ratio=0.7), provider, {"gamma": 0.5})
     assert count(at_macs.arch).macs <= 0.7 * 1.01 * count(space.base).macs
 
