@@ -161,21 +161,31 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         raise ExperimentError(f"{path}: {err}") from None
 
 
+# the sections of an experiment file and the keys each may hold (in the order experiment_from_dict reads them)
+SECTION_KEYS = {
+    "data": {"name", "root", "val_size", "subset"},
+    "base": {"recipe", "epochs", "seed", "weights"},
+    "targets": {"ratios", "macs", "presets", "match"},
+    "seeds": {"search", "eval"},
+    "recipe": {"name", "epochs", "lr"},
+    "search": {"sampler", "num_samples", "objectives", "direct", "select", "top_k", "enqueue"},
+    "resources": {"cpu", "gpu"},
+    "finetune": {"recipe", "epochs"},
+}
+
+
+def _section(root: _Reader, name: str) -> _Reader:
+    section = root.section(name)
+    section.only(SECTION_KEYS[name])
+    return section
+
+
 def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experiment:
     root = _Reader(data, "")
     root.only(TOP_KEYS)
     space = _space(root.get("space", str, required=True))
-    data_sec, base, targets = root.section("data"), root.section("base"), root.section("targets")
-    seeds, recipe, search = root.section("seeds"), root.section("recipe"), root.section("search")
-    resources, finetune = root.section("resources"), root.section("finetune")
-    data_sec.only({"name", "root", "val_size", "subset"})
-    base.only({"recipe", "epochs", "seed", "weights"})
-    targets.only({"ratios", "macs", "presets", "match"})
-    seeds.only({"search", "eval"})
-    recipe.only({"name", "epochs", "lr"})
-    finetune.only({"recipe", "epochs"})
-    search.only({"sampler", "num_samples", "objectives", "direct", "select", "top_k", "enqueue"})
-    resources.only({"cpu", "gpu"})
+    data_sec, base, targets, seeds, recipe, search, resources, finetune = (
+        _section(root, name) for name in SECTION_KEYS)
     dataset = data_sec.get("name", str, default=space.dataset)
     if dataset not in DATASETS:
         raise ExperimentError(f"data.name: unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS.names())}")

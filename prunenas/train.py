@@ -176,16 +176,8 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    if isinstance(target, Architecture):
-        arch = target
-        torch.manual_seed(config.seed)
-        model = target.build()
-    else:
-        model = target
-    model = regularizer.prepare(model)
-    model.to(device)
-    if config.channels_last if config.channels_last is not None else device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    arch = target if isinstance(target, Architecture) else arch
+    model = _model_on_device(target, config, device, regularizer)
     data = data.to(device)
     run = _Run(model, data, config, device, regularizer)
     start = run.restore(checkpoint) if checkpoint and Path(checkpoint).exists() else 0
@@ -206,6 +198,20 @@ def train(
         seconds=sum(m["seconds"] for m in run.curve), macs=count(arch).macs if arch is not None else None,
         params=sum(p.numel() for p in model.parameters()), curve=run.curve, model=model,
     )
+
+
+def _model_on_device(target: Architecture | nn.Module, config: TrainConfig, device: torch.device,
+                     regularizer: Regularizer) -> nn.Module:
+    """The network to train: built and initialised from ``config.seed`` (an Architecture) or given, prepared by the
+    regulariser, on ``device`` (channels-last on CUDA unless the config says otherwise)."""
+    if isinstance(target, Architecture):
+        torch.manual_seed(config.seed)
+        target = target.build()
+    model = regularizer.prepare(target)
+    model.to(device)
+    if config.channels_last if config.channels_last is not None else device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def evaluate_on_test(model: nn.Module, data: Data, config: TrainConfig) -> tuple[float, float]:

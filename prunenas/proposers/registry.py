@@ -63,19 +63,24 @@ class ProposerInfo:
         return self.spec_fn(space, target, self.check_params(params))
 
     def check_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(given) - set(self.params))
-        if unknown:
-            raise ProposerError(f"proposer {self.name!r} has no parameter {unknown[0]!r}; "
-                                f"parameters: {', '.join(self.params) or '(none)'}")
-        out = {k: p.default for k, p in self.params.items()}
-        for key, value in given.items():
-            spec = self.params[key]
-            value = spec.check(f"proposer {self.name!r}", key, value, ProposerError)
-            if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
-                raise ProposerError(f"proposer {self.name!r} parameter {key!r}: {value} outside "
-                                    f"[{spec.low}, {spec.high}]")
-            out[key] = value
-        return out
+        return checked_params(f"proposer {self.name!r}", self.params, given, ProposerError)
+
+
+def checked_params(owner: str, params: Mapping[str, Param], given: Mapping[str, Any],
+                   error: type[PrunenasError]) -> dict[str, Any]:
+    """``given`` validated against ``params`` (names, types, choices, [low, high]) and completed with the defaults;
+    ``owner`` (e.g. "proposer 'l1-norm'") names the plug-in in ``error``'s one-line message."""
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise error(f"{owner} has no parameter {unknown[0]!r}; parameters: {', '.join(params) or '(none)'}")
+    out = {k: p.default for k, p in params.items()}
+    for key, value in given.items():
+        spec = params[key]
+        value = spec.check(owner, key, value, error)
+        if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
+            raise error(f"{owner} parameter {key!r}: {value} outside [{spec.low}, {spec.high}]")
+        out[key] = value
+    return out
 
 
 PROPOSERS: Registry[ProposerInfo] = Registry("proposer")

@@ -23,7 +23,7 @@ from prunenas.data import Data
 from prunenas.errors import PrunenasError
 from prunenas.proposers.basemodel import BaseModel
 from prunenas.proposers.proposal import Proposal
-from prunenas.proposers.registry import Param
+from prunenas.proposers.registry import Param, checked_params
 from prunenas.registry import Registry
 from prunenas.spaces import Space
 from prunenas.train import resolve_device
@@ -129,18 +129,7 @@ class ProxyInfo:
 
     def check_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """``given`` validated and completed with the defaults."""
-        unknown = sorted(set(given) - set(self.params))
-        if unknown:
-            raise ProxyError(f"proxy {self.name!r} has no parameter {unknown[0]!r}; "
-                             f"parameters: {', '.join(self.params) or '(none)'}")
-        out = {k: p.default for k, p in self.params.items()}
-        for key, value in given.items():
-            spec = self.params[key]
-            value = spec.check(f"proxy {self.name!r}", key, value, ProxyError)
-            if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
-                raise ProxyError(f"proxy {self.name!r} parameter {key!r}: {value} outside [{spec.low}, {spec.high}]")
-            out[key] = value
-        return out
+        return checked_params(f"proxy {self.name!r}", self.params, given, ProxyError)
 
     def check_space(self, space: Space) -> None:
         """Raise if this proxy cannot score architectures of ``space``."""
