@@ -13,8 +13,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
-from prunenas.budget import target_from_ratio, uniform_twin
+from prunenas.budget import cost_name, uniform_twin
 from prunenas.cli.common import describe, print_info, resolve
+from prunenas.cli.latency import (
+    add_device_arguments,
+    add_latency_parser,
+    add_target_arguments,
+    device_facts,
+    format_cost,
+    target_from_args,
+)
 from prunenas.cli.propose import run_propose
 from prunenas.cli.train import run_training
 from prunenas.cost import count, format_macs
@@ -78,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--macs", type=int, help="absolute target (MACs, or params with --match params)")
     goal.add_argument("--ratio", type=float, help="fraction of the base network's cost, in (0, 1]")
+    add_target_arguments(goal)
     p.add_argument("--match", choices=("macs", "params"), default="macs")
+    add_device_arguments(p)
     p.add_argument("--out", help="write the twin's architecture JSON here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_uniform)
@@ -112,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     goal.add_argument("--ratio", type=float, help="fraction of the base network's MACs (or params), in (0, 1]")
     goal.add_argument("--macs", type=int, help="absolute MACs (params with --match params)")
     goal.add_argument("--preset", help="a named architecture of the space (methods with presets)")
+    add_target_arguments(goal)
     p.add_argument("--match", choices=("macs", "params"), default="macs")
+    add_device_arguments(p)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeat)")
     p.add_argument("--seed", type=int, default=0, help="proposer seed (random choices)")
     p.add_argument("--base-seed", type=int, default=0, help="seed of the base model's training")
@@ -127,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the proposal JSON here (masks file beside it)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_propose)
+
+    add_latency_parser(sub)
 
     p = sub.add_parser("search", help="run a pruning-as-NAS study (Ray Tune trials, Optuna sampler)")
     p.add_argument("experiment", help="experiment YAML (see experiments/quickstart.yaml)")
@@ -257,26 +271,24 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_uniform(args: argparse.Namespace) -> int:
     space, arch = resolve(args.target, None)
-    if args.ratio is not None:
-        target = target_from_ratio(space, args.ratio, args.match)
-    elif args.macs is not None and args.macs > 0:
-        target = args.macs
-    else:
+    if args.macs is not None and args.macs <= 0:
         raise PrunenasError(f"--macs {args.macs} must be a positive integer")
-    twin = uniform_twin(space, target, args.match)
+    goal = target_from_args(args)
+    match, target = goal.cost_kind(space), goal.absolute(space)
+    twin = uniform_twin(space, target, match)
     cost = count(twin.arch)
-    result = {"space": space.name, "match": args.match, "target": target, "achieved": twin.achieved,
+    result = {"space": space.name, "match": cost_name(match), "target": target, "achieved": twin.achieved,
               "error": round(twin.error, 6), "within_tolerance": twin.within_tolerance,
               "multiplier": round(twin.multiplier, 6), "widths": list(twin.arch.widths),
-              "macs": cost.macs, "params": cost.params, "digest": twin.arch.digest()}
+              "macs": cost.macs, "params": cost.params, "digest": twin.arch.digest(), **device_facts(match)}
     if args.out:
         twin.arch.save(args.out, meta={"space": space.name, "uniform_multiplier": twin.multiplier})
         result["written"] = args.out
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"uniform twin of {space.name} at {args.match} {target:,}: multiplier {twin.multiplier:.4f}, "
-              f"achieved {twin.achieved:,} ({twin.error:+.2%})")
+        print(f"uniform twin of {space.name} at {cost_name(match)} {format_cost(target)}: multiplier "
+              f"{twin.multiplier:.4f}, achieved {format_cost(twin.achieved)} ({twin.error:+.2%})")
         print(f"widths {list(twin.arch.widths)}")
         print(f"MACs {cost.macs:,} ({format_macs(cost.macs)}), params {cost.params:,}")
     if not twin.within_tolerance:

@@ -1,9 +1,12 @@
 """The report's reading of a run on hand-made groups (no run folder, no training): the interval column and
 verdict, the Pareto front of the proposals and the cost error of the controls."""
+from types import SimpleNamespace
+
 import pytest
 
 from prunenas.runs import report
 from prunenas.runs.report import Group, markdown_table, verdict
+from prunenas.spaces import load_space
 
 MACS = 6_710_000
 
@@ -65,3 +68,14 @@ def test_controls_outside_one_percent_are_flagged_once_per_network():
     assert report.twin_flags([inside, outside]) == ["m at target 0.5: uniform twin -1.10% off the proposal's macs"]
     table = report.markdown_controls([inside, outside])
     assert "| +0.90% |" in table and "| -1.10% **outside ±1%** |" in table
+
+
+def test_latency_md_times_each_proposal_against_its_twin_on_the_latency_core(tmp_path):
+    space = load_space("vgg11-fashionmnist")
+    narrow = space.arch([max(1, w // 8) for w in space.upper])  # ~1/64 of the MACs: far faster, even on a busy CPU
+    rows = {("proposed", "scratch-e"): {0: {"arch": narrow.to_dict()}},
+            ("uniform", "scratch-e"): {0: {"arch": space.base.to_dict()}}}
+    g = Group("p", "m", {}, {"ratio": 0.5}, 1, 1, None, (1,), (2,), ("s",), rows)
+    (record,) = report.latency_table(SimpleNamespace(proposals_dir=tmp_path), [g], batches=(8,))
+    assert 0 < record["proposed_ms_b8"] < record["uniform_ms_b8"]
+    assert "Fastest of 15 interleaved CPU forward passes" in report.markdown_latency([record], batches=(8,))
