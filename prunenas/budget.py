@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from prunenas.arch import Architecture
 from prunenas.cost import count
@@ -28,6 +28,20 @@ if TYPE_CHECKING:
 
 Match = Literal["macs", "params"]
 TOLERANCE = 0.01
+
+
+class CostFunction(Protocol):
+    """A cost kind computed by an object, e.g. predicted latency on a device
+    (:class:`prunenas.latency.cost.LatencyCost`): ``name`` labels it, ``tolerance`` is its twins' +- band."""
+
+    name: str
+    tolerance: float
+
+    def __call__(self, arch: Architecture) -> float: ...
+
+
+CostKind = Match | CostFunction
+"""What a cost is counted in: ``"macs"``, ``"params"`` or a :class:`CostFunction`."""
 REFINE_STEPS = 24
 
 
@@ -37,9 +51,9 @@ class Twin:
 
     arch: Architecture
     multiplier: float
-    target: int
-    achieved: int
-    match: Match
+    target: float
+    achieved: float
+    match: CostKind
 
     @property
     def error(self) -> float:
@@ -48,7 +62,7 @@ class Twin:
 
     @property
     def within_tolerance(self) -> bool:
-        return within_tolerance(self.error)
+        return within_tolerance(self.error, tolerance_of(self.match))
 
 
 def cost_error(achieved: float, target: float) -> float:
@@ -56,15 +70,28 @@ def cost_error(achieved: float, target: float) -> float:
     return achieved / target - 1
 
 
-def within_tolerance(error: float) -> bool:
-    """Whether a relative cost error is within the twins' +-1%."""
-    return abs(error) <= TOLERANCE
+def within_tolerance(error: float, tolerance: float = TOLERANCE) -> bool:
+    """Whether a relative cost error is within the twins' band (+-1% for MACs and params)."""
+    return abs(error) <= tolerance
 
 
-def cost_of(arch: Architecture, match: Match) -> int:
+def cost_of(arch: Architecture, match: CostKind) -> float:
+    """Cost of ``arch``: MACs or params (exact integers), or what a :class:`CostFunction` says (e.g. ms)."""
+    if not isinstance(match, str):
+        return match(arch)
     if match not in ("macs", "params"):
         raise BudgetError(f"match {match!r} must be 'macs' or 'params'")
     return getattr(count(arch), match)
+
+
+def cost_name(match: CostKind) -> str:
+    """The label of a cost kind: ``macs``, ``params``, ``latency``."""
+    return match if isinstance(match, str) else match.name
+
+
+def tolerance_of(match: CostKind) -> float:
+    """The relative band a twin of this cost kind is solved to: +-1% for counts, the function's own otherwise."""
+    return TOLERANCE if isinstance(match, str) else match.tolerance
 
 
 def uniform_widths(space: Space, multiplier: float, round_up: int | None = None,
@@ -84,7 +111,7 @@ def uniform_widths(space: Space, multiplier: float, round_up: int | None = None,
     return tuple(space.round_width(i, (math.floor(x) + (i in up)) * unit) for i, x in enumerate(exact))
 
 
-def uniform_twin(space: Space, target: int, match: Match = "macs", iterations: int = 60,
+def uniform_twin(space: Space, target: float, match: CostKind = "macs", iterations: int = 60,
                  shape: Sequence[float] | None = None, at_most: bool = False) -> Twin:
     """The uniform architecture whose cost is closest to ``target`` (MACs or params).
 
@@ -96,7 +123,7 @@ def uniform_twin(space: Space, target: int, match: Match = "macs", iterations: i
     result must respect a budget), when one exists.
     """
     if target <= 0:
-        raise BudgetError(f"target {match} {target} must be positive")
+        raise BudgetError(f"target {cost_name(match)} {target} must be positive")
     lo, hi = 0.0, 1.0 / min(shape) if shape else 1.0  # at hi every slot reaches its base width
     if _twin(space, hi, None, target, match, shape).achieved <= target:
         return _twin(space, hi, None, target, match, shape)
@@ -113,11 +140,11 @@ def uniform_twin(space: Space, target: int, match: Match = "macs", iterations: i
         for j in range(REFINE_STEPS + 1):  # floor/ceil patterns of multipliers around the crossing
             candidates += _refine_rounding(space, lo * (0.85 + 0.15 * j / REFINE_STEPS), target, match, shape)
     if at_most:
-        candidates = [t for t in candidates if t.error <= TOLERANCE] or candidates
+        candidates = [t for t in candidates if t.error <= tolerance_of(match)] or candidates
     return min(candidates, key=lambda t: (abs(t.error), t.multiplier))
 
 
-def _refine_rounding(space: Space, multiplier: float, target: int, match: Match,
+def _refine_rounding(space: Space, multiplier: float, target: float, match: CostKind,
                      shape: Sequence[float] | None) -> list[Twin]:
     """Bisect the number of rounded-up slots at ``multiplier``: cost is non-decreasing in it."""
     k_lo, k_hi = 0, len(space.upper)
@@ -132,16 +159,18 @@ def _refine_rounding(space: Space, multiplier: float, target: int, match: Match,
     return [_twin(space, multiplier, k, target, match, shape) for k in (k_lo, k_hi)]
 
 
-def _twin(space: Space, multiplier: float, round_up: int | None, target: int, match: Match,
+def _twin(space: Space, multiplier: float, round_up: int | None, target: float, match: CostKind,
           shape: Sequence[float] | None = None) -> Twin:
     arch = space.arch(uniform_widths(space, multiplier, round_up, shape))
     return Twin(arch, multiplier, target, cost_of(arch, match), match)
 
 
-def target_from_ratio(space: Space, ratio: float, match: Match = "macs") -> int:
-    """Absolute cost target for a fraction ``ratio`` in (0, 1] of the base network's cost."""
+def target_from_ratio(space: Space, ratio: float, match: CostKind = "macs") -> float:
+    """Absolute cost target for a fraction ``ratio`` in (0, 1] of the base network's cost (counts: an integer)."""
     if not 0 < ratio <= 1:
         raise BudgetError(f"ratio {ratio} must be in (0, 1]")
+    if not isinstance(match, str):
+        return ratio * cost_of(space.base, match)
     return max(1, round(ratio * cost_of(space.base, match)))
 
 

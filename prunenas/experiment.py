@@ -17,10 +17,12 @@ from typing import Any
 
 import yaml
 
-from prunenas.budget import cost_of
+from prunenas.budget import CostKind, cost_of
 from prunenas.data import DATASETS
 from prunenas.errors import PrunenasError
 from prunenas.fileio import read_text
+from prunenas.latency.cost import latency_cost
+from prunenas.latency.devices import get_device
 from prunenas.pretrained import check_weights_name, torchvision_builder
 from prunenas.proposers import PROPOSERS
 from prunenas.recipes import RECIPES
@@ -103,6 +105,7 @@ class Experiment:
     target: Setting = 0.5
     presets: tuple[str, ...] | None = None  # None: every preset of the space, for methods that have presets
     match: str = "macs"
+    latency_device: tuple[str, int, int] | None = None  # (runtime, batch, threads) of latency targets
     arms: tuple[str, ...] = ("proposed", "uniform")
     budgets: tuple[str, ...] = ("scratch-e",)
     budget_targets: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # budget -> the only targets
@@ -133,6 +136,19 @@ class Experiment:
     @property
     def methods(self) -> list[str]:
         return list(self.proposers) + (["direct"] if self.direct else [])
+
+    @property
+    def ratio_targets(self) -> bool:
+        """Whether target values are fractions of the base network's cost (``ratios``, ``latency_ratios``)."""
+        return self.target[0] in ("ratio", "latency_ratio")
+
+    @property
+    def cost_kind(self) -> CostKind:
+        """What targets count: ``"macs"``, ``"params"``, or the latency predictor of ``latency_device`` with this
+        space calibrated (measured on first use, then read from the latency cache)."""
+        if self.latency_device is None:
+            return self.match
+        return latency_cost(*self.latency_device).calibrated(self.space)
 
     def with_overrides(self, **changes: Any) -> Experiment:
         """CLI flags override the file (``None`` values are ignored); the overrides are kept in ``source`` too, so
@@ -165,7 +181,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
 SECTION_KEYS = {
     "data": {"name", "root", "val_size", "subset"},
     "base": {"recipe", "epochs", "seed", "weights"},
-    "targets": {"ratios", "macs", "presets", "match"},
+    "targets": {"ratios", "macs", "presets", "match", "latency_ratios", "latency_ms", "latency_device"},
     "seeds": {"search", "eval"},
     "recipe": {"name", "epochs", "lr"},
     "search": {"sampler", "num_samples", "objectives", "direct", "select", "top_k", "enqueue"},
@@ -203,7 +219,8 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
         proposers=_proposers(root.get("proposers", dict, required=True)),
         target=_targets(targets),
         presets=_presets(targets, space),
-        match=targets.choice("match", ("macs", "params"), default="macs"),
+        match=_match(targets),
+        latency_device=_latency_device(targets),
         arms=tuple(root.choices("arms", ARMS, default=["proposed", "uniform"])),
         budgets=tuple(_budget_names(root)),
         budget_targets=_budget_targets(root),
@@ -405,11 +422,58 @@ def _presets(targets: _Reader, space: Space) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+LATENCY_TARGETS = ("latency_ratios", "latency_ms")
+
+
+def _match(targets: _Reader) -> str:
+    """``targets.match``: ``latency`` with latency targets (and only then), else ``macs`` or ``params``."""
+    latency = any(k in targets.data for k in LATENCY_TARGETS)
+    match = targets.choice("match", ("macs", "params", "latency"), default="latency" if latency else "macs")
+    if (match == "latency") != latency:
+        raise ExperimentError(f"targets.match: {match} goes with " + ("latency_ratios or latency_ms" if match ==
+                              "latency" else "ratios or macs") + ", not with the targets given")
+    return match
+
+
+def _latency_device(targets: _Reader) -> tuple[str, int, int] | None:
+    """``targets.latency_device: {name, batch, threads}``, required by latency targets, checked to exist here."""
+    if not any(k in targets.data for k in LATENCY_TARGETS):
+        if "latency_device" in targets.data:
+            raise ExperimentError("targets.latency_device: applies to latency_ratios or latency_ms only")
+        return None
+    device = targets.section("latency_device")
+    if not device.data:
+        raise ExperimentError("targets.latency_device: missing (required by latency targets): {name, batch, threads}")
+    device.only({"name", "batch", "threads"})
+    spec = (device.get("name", str, required=True), device.get("batch", int, default=1),
+            device.get("threads", int, default=1))
+    try:
+        get_device(*spec)
+    except PrunenasError as err:
+        raise ExperimentError(f"targets.latency_device: {err}") from None
+    return spec
+
+
 def _targets(targets: _Reader) -> Setting:
-    if "ratios" in targets.data and "macs" in targets.data:
-        raise ExperimentError("targets: give ratios or macs, not both")
-    if "presets" in targets.data and "ratios" not in targets.data and "macs" not in targets.data:
+    given = [k for k in ("ratios", "macs", *LATENCY_TARGETS) if k in targets.data]
+    if len(given) > 1:
+        raise ExperimentError(f"targets: give one of ratios, macs, latency_ratios, latency_ms; not "
+                              f"{' and '.join(given)}")
+    if "presets" in targets.data and not given:
         return ("ratio", [])  # presets only
+    if "latency_ms" in targets.data:
+        def check_ms(v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ExperimentError(f"targets.latency_ms: {v!r} must be a positive number (milliseconds)")
+            return float(v)
+        return ("latency_ms", _setting(targets.data["latency_ms"], "targets.latency_ms", check_ms, numeric=True))
+    if "latency_ratios" in targets.data:
+        def check_latency_ratio(v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                raise ExperimentError(f"targets.latency_ratios: {v!r} must be a ratio in (0, 1]")
+            return float(v)
+        return ("latency_ratio", _setting(targets.data["latency_ratios"], "targets.latency_ratios",
+                                          check_latency_ratio, numeric=True))
     if "macs" in targets.data:
         def check_macs(v: Any) -> int:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -469,12 +533,16 @@ def _cross_checks(exp: Experiment) -> None:
                               f"search.select is {exp.select}: the winners' search trainings would be reused as "
                               "their evaluation (a winner's-curse bias); give disjoint seeds or select: all")
     kind, setting = exp.target
-    smallest = cost_of(exp.space.arch(exp.space.lower), exp.match)
+    try:
+        cost_kind = exp.cost_kind
+    except PrunenasError as err:  # a latency predictor that cannot rank this space's networks here
+        raise ExperimentError(f"targets.latency_device: {err}") from None
+    smallest = cost_of(exp.space.arch(exp.space.lower), cost_kind)
     for value in setting_values(setting):
-        cost = value * cost_of(exp.space.base, exp.match) if kind == "ratio" else value
+        cost = value * cost_of(exp.space.base, cost_kind) if exp.ratio_targets else value
         if cost < smallest:
-            raise ExperimentError(f"targets.{kind}: {value} ({cost:.0f} {exp.match}) is below the smallest "
-                                  f"architecture of {exp.space.name} ({smallest} {exp.match})")
+            raise ExperimentError(f"targets.{kind}: {value} ({cost:.6g} {exp.match}) is below the smallest "
+                                  f"architecture of {exp.space.name} ({smallest:.6g} {exp.match})")
 
 
 def _check_published_base(exp: Experiment) -> None:
@@ -495,7 +563,8 @@ def _check_published_base(exp: Experiment) -> None:
 
 def _all_settings(exp: Experiment) -> list[tuple[str, Setting]]:
     out = [(f"proposers.{m}.{k}", v) for m, params in exp.proposers.items() for k, v in params.items()]
-    out.append((f"targets.{exp.target[0]}s" if exp.target[0] == "ratio" else "targets.macs", exp.target[1]))
+    kind = exp.target[0]
+    out.append((f"targets.{kind}s" if exp.ratio_targets else f"targets.{kind}", exp.target[1]))
     if exp.lr is not None:
         out.append(("recipe.lr", exp.lr))
     return out

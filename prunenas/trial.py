@@ -78,7 +78,7 @@ def make_proposal(ctx: Context, method: str, params: Mapping[str, Any], target: 
     if method == "direct":
         arch = space.arch(params["widths"])
         proposal = Proposal(arch, "direct", {"widths": list(arch.widths)}, target, 0, None,
-                            achieved(space, arch, target.match))
+                            achieved(space, arch, target.cost_kind(space)))
     else:
         provider = ctx.provider() if PROPOSERS.get(method).needs_base else None
         proposal = propose(method, space, target, provider, dict(params), seed=0)
@@ -284,7 +284,7 @@ def evaluation_trials(ctx: Context, proposal: Proposal, pid: str, lr: float | No
     trained / initial weights — only for proposals that came from a network.
     """
     e = ctx.experiment
-    match = proposal.target.match
+    match = proposal.target.cost_kind(e.space)
     goal = cost_of(proposal.arch, match)
     out: list[Trial] = []
     for arm in e.arms:
@@ -308,8 +308,9 @@ def applies(experiment: Experiment, budget: str, proposal: Proposal) -> bool:
     return value in only
 
 
-def _arm_arch(ctx: Context, proposal: Proposal, arm: str, seed: int, goal: int) -> Architecture:
-    space, match = ctx.experiment.space, proposal.target.match
+def _arm_arch(ctx: Context, proposal: Proposal, arm: str, seed: int, goal: float) -> Architecture:
+    space, target = ctx.experiment.space, proposal.target
+    match = target.cost_kind(space)
     if arm == "uniform":
         info = PROPOSERS.get(proposal.method) if proposal.method in PROPOSERS else None
         if info is not None and info.own_twin:
@@ -317,5 +318,6 @@ def _arm_arch(ctx: Context, proposal: Proposal, arm: str, seed: int, goal: int) 
             return info.twin_fn(proposal, base, ctx.run.proposals_dir)
         return uniform_twin(space, goal, match).arch
     if arm == "random":
-        return propose("random", space, Target(cost=goal, match=match), None, {}, seed=seed).arch
+        return propose("random", space, Target(cost=goal, match=target.match, latency_device=target.latency_device),
+                       None, {}, seed=seed).arch
     return proposal.arch

@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``prunenas`` parser: every command, its flags and (as the ``run`` default) its implementation."""
     parser = _Parser(prog="prunenas", description="Network pruning as neural architecture search.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (add_spaces, add_info, add_uniform, add_train, add_proposers, add_propose, add_search, add_report,
-                add_submit, add_status, add_doctor, add_cache, add_export, add_arch, add_resume):
+    for add in (add_spaces, add_info, add_uniform, add_train, add_proposers, add_propose, add_latency, add_search,
+                add_report, add_submit, add_status, add_doctor, add_cache, add_export, add_arch, add_resume):
         add(sub)
     return parser
 
@@ -70,6 +70,21 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 def _training_device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
+
+
+def _latency_device_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """``--latency-device/-batch/-threads``: the device a latency is measured or predicted on."""
+    p.add_argument("--latency-device", required=required, metavar="RUNTIME",
+                   help="latency device: a runtime of `prunenas latency --help` (e.g. torch-cpu, onnxruntime-cpu)")
+    p.add_argument("--latency-batch", type=int, default=1, help="images per forward pass on the latency device")
+    p.add_argument("--latency-threads", type=int, default=1, help="threads of the latency device")
+
+
+def _latency_target_arguments(goal: argparse._MutuallyExclusiveGroup) -> None:
+    """``--latency-ms`` / ``--latency-ratio`` in a command's group of mutually exclusive targets."""
+    goal.add_argument("--latency-ms", type=float, help="predicted latency target (ms) on --latency-device")
+    goal.add_argument("--latency-ratio", type=float,
+                      help="fraction of the base network's predicted latency on --latency-device, in (0, 1]")
 
 
 # -- spaces and architectures -----------------------------------------------------------------------------
@@ -96,7 +111,9 @@ def add_uniform(sub: Subparsers) -> None:
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--macs", type=int, help="absolute target (MACs, or params with --match params)")
     goal.add_argument("--ratio", type=float, help="fraction of the base network's cost, in (0, 1]")
+    _latency_target_arguments(goal)
     p.add_argument("--match", choices=("macs", "params"), default="macs")
+    _latency_device_arguments(p)
     p.add_argument("--out", help="write the twin's architecture JSON here")
     _json_flag(p)
     p.set_defaults(run="spaces:cmd_uniform")
@@ -138,7 +155,9 @@ def add_propose(sub: Subparsers) -> None:
     goal.add_argument("--ratio", type=float, help="fraction of the base network's MACs (or params), in (0, 1]")
     goal.add_argument("--macs", type=int, help="absolute MACs (params with --match params)")
     goal.add_argument("--preset", help="a named architecture of the space (methods with presets)")
+    _latency_target_arguments(goal)
     p.add_argument("--match", choices=("macs", "params"), default="macs")
+    _latency_device_arguments(p)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeat)")
     p.add_argument("--seed", type=int, default=0, help="proposer seed (random choices)")
     p.add_argument("--base-seed", type=int, default=0, help="seed of the base model's training")
@@ -152,6 +171,21 @@ def add_propose(sub: Subparsers) -> None:
     p.add_argument("--out", help="write the proposal JSON here (masks file beside it)")
     _json_flag(p)
     p.set_defaults(run="propose:run_propose")
+
+
+def add_latency(sub: Subparsers) -> None:
+    p = sub.add_parser("latency", help="measured and predicted latency of a network on a device; `latency "
+                       "calibrate SPACE`: the predictor's error next to a MAC-only baseline")
+    p.add_argument("target", help="space name, space YAML or architecture JSON; or `calibrate`")
+    p.add_argument("space", nargs="?", help="with `calibrate`: the space whose random networks are measured")
+    p.add_argument("--preset", help="a named architecture of the space")
+    _latency_device_arguments(p, required=True)
+    p.add_argument("--repeats", type=int, default=30, help="timed forward passes per network")
+    p.add_argument("--warmup", type=int, default=5, help="untimed forward passes first")
+    p.add_argument("--n", type=int, default=50, help="calibrate: random architectures measured")
+    p.add_argument("--seed", type=int, default=0, help="calibrate: seed of the random architectures")
+    _json_flag(p)
+    p.set_defaults(run="latency:run_latency")
 
 
 # -- search -----------------------------------------------------------------------------------------------

@@ -10,10 +10,11 @@ from typing import Any
 
 import yaml
 
+from prunenas.cli.latency import target_from_args
 from prunenas.cost import count, format_macs
 from prunenas.errors import PrunenasError
 from prunenas.pretrained import check_weights_name
-from prunenas.proposers import PROPOSERS, Target, propose
+from prunenas.proposers import PROPOSERS, propose
 from prunenas.proposers.basemodel import BaseModelProvider
 from prunenas.proposers.proposal import save_with_masks
 from prunenas.spaces import load_space
@@ -55,7 +56,7 @@ def run_propose(args: argparse.Namespace) -> int:
     """One proposal of ``args.method`` on ``args.target`` (training or reading the base model as needed)."""
     info = PROPOSERS.get(args.method)
     space = load_space(args.target)
-    target = Target(ratio=args.ratio, cost=args.macs, preset=args.preset, match=args.match)
+    target = target_from_args(args)
     params = parse_params(args.param)
     info.check_params(params)
     log = sys.stderr if args.json else sys.stdout

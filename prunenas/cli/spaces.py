@@ -7,8 +7,9 @@ import argparse
 import json
 import sys
 
-from prunenas.budget import target_from_ratio, uniform_twin
+from prunenas.budget import cost_name, uniform_twin
 from prunenas.cli.common import describe, print_info, resolve
+from prunenas.cli.latency import device_facts, format_cost, target_from_args
 from prunenas.cost import count, format_macs
 from prunenas.errors import PrunenasError
 from prunenas.spaces import load_space, space_names
@@ -48,26 +49,24 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_uniform(args: argparse.Namespace) -> int:
     """The uniform twin at ``--macs`` or ``--ratio`` of the base cost; warns when ±1% is out of reach."""
     space, _ = resolve(args.target, None)
-    if args.ratio is not None:
-        target = target_from_ratio(space, args.ratio, args.match)
-    elif args.macs is not None and args.macs > 0:
-        target = args.macs
-    else:
+    if args.macs is not None and args.macs <= 0:
         raise PrunenasError(f"--macs {args.macs} must be a positive integer")
-    twin = uniform_twin(space, target, args.match)
+    goal = target_from_args(args)
+    match, target = goal.cost_kind(space), goal.absolute(space)
+    twin = uniform_twin(space, target, match)
     cost = count(twin.arch)
-    result = {"space": space.name, "match": args.match, "target": target, "achieved": twin.achieved,
+    result = {"space": space.name, "match": cost_name(match), "target": target, "achieved": twin.achieved,
               "error": round(twin.error, 6), "within_tolerance": twin.within_tolerance,
               "multiplier": round(twin.multiplier, 6), "widths": list(twin.arch.widths),
-              "macs": cost.macs, "params": cost.params, "digest": twin.arch.digest()}
+              "macs": cost.macs, "params": cost.params, "digest": twin.arch.digest(), **device_facts(match)}
     if args.out:
         twin.arch.save(args.out, meta={"space": space.name, "uniform_multiplier": twin.multiplier})
         result["written"] = args.out
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"uniform twin of {space.name} at {args.match} {target:,}: multiplier {twin.multiplier:.4f}, "
-              f"achieved {twin.achieved:,} ({twin.error:+.2%})")
+        print(f"uniform twin of {space.name} at {cost_name(match)} {format_cost(target)}: multiplier "
+              f"{twin.multiplier:.4f}, achieved {format_cost(twin.achieved)} ({twin.error:+.2%})")
         print(f"widths {list(twin.arch.widths)}")
         print(f"MACs {cost.macs:,} ({format_macs(cost.macs)}), params {cost.params:,}")
     if not twin.within_tolerance:

@@ -113,12 +113,12 @@ def guided_proposal(method: str, space: Space, target: Target, source: Architect
                              "stage_match": used}
     try:
         if target.is_cost:
-            twin = uniform_twin(space, target.absolute(space), target.match, shape=shape, at_most=True)
+            twin = uniform_twin(space, target.absolute(space), target.cost_kind(space), shape=shape, at_most=True)
             arch = twin.arch
             facts.update(twin_provenance(space, target, twin))
         else:
             arch = space.arch(space.round_widths([b * f for b, f in zip(space.upper, shape)]))
-            facts.update(achieved(space, arch, target.match))
+            facts.update(achieved(space, arch, target.cost_kind(space)))
     except PrunenasError as err:
         raise ProposerError(f"proposer {method!r}: the source's stage pattern gives no valid {space.family} "
                             f"architecture ({err})") from None

@@ -149,6 +149,10 @@ def magnitude(space: Space, target: Target, provider: Any, params: Mapping[str, 
     """Global magnitude threshold on conv weights of a trained base network (Han et al. 2015)."""
     if target.preset is not None or (not target.is_cost and params["sparsity"] <= 0):
         raise ProposerError("proposer 'magnitude' needs a cost target (ratio or MACs) or sparsity > 0")
+    if target.match == "latency":
+        # dense kernels do not skip zeros: a masked network runs as slow as its unmasked widths
+        raise ProposerError("proposer 'magnitude' masks weights, which does not change latency; give a MAC or "
+                            "params target")
     base = provider.get(None)
     goal = target.absolute(space) if target.is_cost and params["sparsity"] <= 0 else None
     masks, floored = global_threshold_masks(base.arch, base.architecture_state(), sparsity=params["sparsity"],

@@ -11,26 +11,31 @@ from pathlib import Path
 from typing import Any
 
 from prunenas.arch import Architecture, MaskRef, from_dict
-from prunenas.budget import Match, cost_of, target_from_ratio
+from prunenas.budget import CostKind, cost_name, cost_of, target_from_ratio
 from prunenas.errors import BudgetError, PrunenasError
 from prunenas.fileio import atomic_write_text, read_text
+from prunenas.latency.cost import check_latency_target, latency_cost
 from prunenas.spaces import Space
 
 PROPOSAL_FORMAT = "prunenas.proposal/1"
+MATCHES = ("macs", "params", "latency")
 
 
 @dataclass(frozen=True)
 class Target:
     """A cost target: a fraction of the base network's cost, an absolute cost, or a named preset.
 
-    ``match`` says whether costs are MACs or parameters. Exactly one of ``ratio``, ``cost``, ``preset`` is set;
-    with none, the method's own default applies (e.g. Network Slimming's channel percent).
+    ``match`` says whether costs are MACs, parameters or ``latency`` (ms predicted on ``latency_device`` =
+    (runtime, batch, threads); a ratio is then a fraction of the base network's predicted latency). Exactly one
+    of ``ratio``, ``cost``, ``preset`` is set; with none, the method's own default applies (e.g. Network
+    Slimming's channel percent).
     """
 
     ratio: float | None = None
-    cost: int | None = None
+    cost: float | None = None
     preset: str | None = None
-    match: Match = "macs"
+    match: str = "macs"
+    latency_device: tuple[str, int, int] | None = None
 
     def __post_init__(self) -> None:
         given = [k for k in ("ratio", "cost", "preset") if getattr(self, k) is not None]
@@ -40,27 +45,48 @@ class Target:
             raise BudgetError(f"ratio {self.ratio} must be in (0, 1]")
         if self.cost is not None and self.cost <= 0:
             raise BudgetError(f"target {self.match} {self.cost} must be positive")
-        if self.match not in ("macs", "params"):
-            raise BudgetError(f"match {self.match!r} must be 'macs' or 'params'")
+        if self.match not in MATCHES:
+            raise BudgetError(f"match {self.match!r} must be one of {', '.join(MATCHES)}")
+        if (self.match == "latency") != (self.latency_device is not None):
+            raise BudgetError("a latency target needs a latency device, and only a latency target takes one")
 
     @property
     def is_cost(self) -> bool:
         return self.ratio is not None or self.cost is not None
 
-    def absolute(self, space: Space) -> int:
-        """The target cost in MACs (or params)."""
+    def cost_kind(self, space: Space) -> CostKind:
+        """What this target's costs are counted in, for ``space``: ``"macs"``, ``"params"``, or the latency
+        predictor of its device with ``space``'s network kind calibrated (measuring it on first use)."""
+        if self.latency_device is None:
+            return self.match  # type: ignore[return-value]  # checked in __post_init__
+        return latency_cost(*self.latency_device).calibrated(space)
+
+    def absolute(self, space: Space) -> float:
+        """The target cost in MACs (or params, or predicted ms; a latency below the space's floor is an error)."""
+        kind = self.cost_kind(space)
         if self.cost is not None:
-            return self.cost
-        if self.ratio is not None:
-            return target_from_ratio(space, self.ratio, self.match)
-        raise BudgetError("this target names a preset, not a cost")
+            goal = self.cost
+        elif self.ratio is not None:
+            goal = target_from_ratio(space, self.ratio, kind)
+        else:
+            raise BudgetError("this target names a preset, not a cost")
+        if not isinstance(kind, str):
+            check_latency_target(kind, space, goal)
+        return goal
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        out = {k: v for k, v in self.__dict__.items() if v is not None}
+        if self.latency_device is not None:
+            out["latency_device"] = dict(zip(("name", "batch", "threads"), self.latency_device))
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Target:
-        return cls(**dict(data))
+        data = dict(data)
+        if data.get("latency_device") is not None:
+            device = data["latency_device"]
+            data["latency_device"] = (device["name"], int(device["batch"]), int(device["threads"]))
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -132,10 +158,10 @@ def load_proposal(path: str | os.PathLike) -> Proposal:
     return Proposal.from_dict(data, base_dir=path.parent)
 
 
-def achieved(space: Space, arch: Architecture, match: Match = "macs") -> dict[str, float]:
+def achieved(space: Space, arch: Architecture, match: CostKind = "macs") -> dict[str, float]:
     """Cost of ``arch`` and its ratio to the base network (for provenance)."""
-    cost, base = cost_of(arch, match), cost_of(space.base, match)
-    return {f"achieved_{match}": cost, f"achieved_{match}_ratio": cost / base}
+    cost, base, name = cost_of(arch, match), cost_of(space.base, match), cost_name(match)
+    return {f"achieved_{name}": cost, f"achieved_{name}_ratio": cost / base}
 
 
 def save_with_masks(proposal: Proposal, path: Path) -> None:

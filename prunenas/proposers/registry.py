@@ -116,6 +116,8 @@ def propose(method: str, space: Space, target: Target, provider: Any = None, par
         if not info.presets:
             raise ProposerError(f"proposer {method!r} has no presets; give a cost target (ratio or MACs)")
         space.preset(target.preset)  # unknown preset: precise error before any training
+    if target.is_cost:
+        target.absolute(space)  # a bad latency device or a target below the floor: error before any training
     if info.needs_base and provider is None:
         raise ProposerError(f"proposer {method!r} needs a base-model provider")
     started = time.perf_counter()

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from prunenas.arch import Architecture
-from prunenas.budget import cost_of
+from prunenas.budget import cost_of, tolerance_of
 from prunenas.proposers.proposal import Proposal, Target, achieved
 from prunenas.proposers.registry import ProposerError
 from prunenas.proposers.select import Selection, select_by_cost, select_widths
@@ -63,18 +63,19 @@ def select(space: Space, scores: Mapping[int, Tensor], target: Target, method: s
     if target.preset is not None:
         return select_widths(space, scores, space.preset(target.preset).widths)
     if target.is_cost:
-        return select_by_cost(space, scores, target.absolute(space), target.match, remove_blocks=remove_blocks)
+        kind = target.cost_kind(space)
+        return select_by_cost(space, scores, target.absolute(space), kind, tolerance_of(kind), remove_blocks)
     raise ProposerError(f"proposer {method!r} needs a target: a ratio, a MAC count or a preset")
 
 
 def to_proposal(space: Space, method: str, target: Target, selection: Selection, base: BaseModel | None,
                 params: Mapping[str, Any], seed: int, **facts: Any) -> Proposal:
     """A proposal from a selection, with provenance (base model, requested and achieved cost, floors)."""
-    arch = space.arch(selection.widths)
-    provenance: dict[str, Any] = {**achieved(space, arch, target.match), "floored_slots": list(selection.floored),
+    arch, kind = space.arch(selection.widths), target.cost_kind(space)
+    provenance: dict[str, Any] = {**achieved(space, arch, kind), "floored_slots": list(selection.floored),
                                   "threshold": selection.threshold, **facts}
     if target.is_cost:
-        provenance["requested_ratio"] = target.absolute(space) / cost_of(space.base, target.match)
+        provenance["requested_ratio"] = target.absolute(space) / cost_of(space.base, kind)
     if base is not None:
         provenance.update(base_model=base.key, base_val_acc=base.val_acc)
     return Proposal(arch, method, params, target, seed, dict(selection.kept), provenance)

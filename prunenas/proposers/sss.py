@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from prunenas.arch import Architecture
-from prunenas.budget import cost_of
+from prunenas.budget import cost_of, tolerance_of
 from prunenas.errors import BudgetError
 from prunenas.proposers.basemodel import RegularizerSpec, register_regularizer
 from prunenas.proposers.proposal import Proposal, Target, achieved
@@ -167,14 +167,14 @@ def blocks_to_remove(space: Space, scales: Mapping[int, float], target: Target, 
     the cost is at most the target (ties: lower block id first)."""
     if not target.is_cost:
         return sorted(b for b, v in scales.items() if abs(v) <= threshold)
-    goal, blocks = target.absolute(space), removable_blocks(space.base)
+    goal, blocks, kind = target.absolute(space), removable_blocks(space.base), target.cost_kind(space)
     removed: list[int] = []
     for block in sorted(scales, key=lambda b: (abs(scales[b]), b)):
-        if cost_of(without_blocks(space.base, blocks, set(removed)), target.match) <= goal:
+        if cost_of(without_blocks(space.base, blocks, set(removed)), kind) <= goal:
             return removed
         removed.append(block)
-    final = cost_of(without_blocks(space.base, blocks, set(removed)), target.match)
-    if final > goal * 1.01:
+    final = cost_of(without_blocks(space.base, blocks, set(removed)), kind)
+    if final > goal * (1 + tolerance_of(kind)):
         raise BudgetError(f"target {target.match} {goal} is unreachable by removing blocks: with all "
                           f"{len(blocks)} removable blocks of {space.name!r} gone the network has {final}")
     return removed
@@ -206,9 +206,9 @@ def sss(space: Space, target: Target, provider: Any, params: Mapping[str, Any], 
     kept = {s: tuple(range(w)) for s, w in enumerate(arch.widths)}
     names = {b: space.slots[slots[0]].name.rsplit(".", 1)[0] for b, slots in removable_blocks(space.base).items()}
     provenance: dict[str, Any] = {
-        **achieved(space, arch, target.match), "base_model": base.key, "base_val_acc": base.val_acc,
+        **achieved(space, arch, target.cost_kind(space)), "base_model": base.key, "base_val_acc": base.val_acc,
         "block_scales": {names[b]: round(v, 6) for b, v in sorted(scales.items())},
         "removed_blocks": [names[b] for b in removed], "depth_removed": len(removed)}
     if target.is_cost:
-        provenance["requested_ratio"] = target.absolute(space) / cost_of(space.base, target.match)
+        provenance["requested_ratio"] = target.absolute(space) / cost_of(space.base, target.cost_kind(space))
     return Proposal(arch, "sss", params, target, seed, kept, provenance)

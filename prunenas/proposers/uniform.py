@@ -13,7 +13,7 @@ from prunenas.proposers.registry import Param, ProposerError, register_proposer
 from prunenas.spaces import Space
 
 
-def _cost_target(space: Space, target: Target, method: str) -> int:
+def _cost_target(space: Space, target: Target, method: str) -> float:
     if not target.is_cost:
         raise ProposerError(f"proposer {method!r} needs a cost target (ratio or MACs)")
     return target.absolute(space)
@@ -23,13 +23,13 @@ def twin_provenance(space: Space, target: Target, twin: Twin) -> dict[str, Any]:
     """What a proposal built by :func:`prunenas.budget.uniform_twin` records: requested and achieved cost, the
     multiplier and the twin's error."""
     return {"requested_ratio": twin.target / cost_of(space.base, twin.match),
-            **achieved(space, twin.arch, target.match), "multiplier": twin.multiplier, "twin_error": twin.error}
+            **achieved(space, twin.arch, twin.match), "multiplier": twin.multiplier, "twin_error": twin.error}
 
 
 @register_proposer("uniform", needs_base=False)
 def uniform(space: Space, target: Target, provider: Any, params: Mapping[str, Any], seed: int) -> Proposal:
     """Base widths x one multiplier at the target cost (budget.uniform_twin)."""
-    twin = uniform_twin(space, _cost_target(space, target, "uniform"), target.match)
+    twin = uniform_twin(space, _cost_target(space, target, "uniform"), target.cost_kind(space))
     return Proposal(twin.arch, "uniform", params, target, seed, None, twin_provenance(space, target, twin))
 
 
@@ -43,7 +43,7 @@ def random_widths(space: Space, target: Target, provider: Any, params: Mapping[s
     for _ in range(100):  # some families reject some shapes (e.g. decreasing option-A stage widths)
         shape = [rng.uniform(params["low"], 1.0) for _ in space.upper]
         try:
-            twin = uniform_twin(space, goal, target.match, shape=shape)
+            twin = uniform_twin(space, goal, target.cost_kind(space), shape=shape)
             break
         except ArchitectureError:
             continue

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import statistics
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,12 @@ from typing import Any
 import torch
 
 from prunenas.arch import from_dict
-from prunenas.budget import cost_error, within_tolerance
+from prunenas.budget import TOLERANCE, cost_error, within_tolerance
 from prunenas.cost import count
 from prunenas.errors import PrunenasError
 from prunenas.experiment import CONTROLS
+from prunenas.latency import get_device, measure
+from prunenas.latency.cost import LATENCY_TOLERANCE
 from prunenas.proposers import load_proposal
 from prunenas.runs.rundir import RunDir
 from prunenas.runs.stats import MIN_PAIRED_SEEDS, format_percent, has_interval, mean_std, paired_difference
@@ -65,11 +66,19 @@ class Group:
 
     def twin_errors(self, arm: str) -> dict[int, float]:
         """Cost error of ``arm``'s network against the proposal's, per seed (``budget.cost_error``; the cost
-        the twins were solved for: MACs, or params with ``match: params``)."""
+        the twins were solved for: MACs, or params with ``match: params``; predicted latency with ``match:
+        latency``, as the row recorded it: the predictor's table lives on the machine that ran the search)."""
         match = self.target.get("match", "macs")
         goal = self.macs if match == "macs" else self.params_count
         rows = {seed: row for (a, _), by_seed in sorted(self.arms.items()) if a == arm for seed, row in by_seed.items()}
+        if match == "latency":
+            return {seed: row["twin_error"] for seed, row in sorted(rows.items()) if "twin_error" in row}
         return {seed: cost_error(row[match], goal) for seed, row in sorted(rows.items())}
+
+    @property
+    def tolerance(self) -> float:
+        """The band the twins were solved to: +-1% of MACs or params, +-2% of predicted latency."""
+        return LATENCY_TOLERANCE if self.target.get("match") == "latency" else TOLERANCE
 
     def worst_twin_error(self, arm: str) -> float | None:
         """The largest cost error (in magnitude) of ``arm`` over seeds; None without rows of ``arm``."""
@@ -177,22 +186,25 @@ def twin_flags(groups: Sequence[Group]) -> list[str]:
         misses = [("uniform twin", uniform)] if uniform is not None else []
         misses += [(f"random widths (seed {seed})", e) for seed, e in g.twin_errors("random").items()]
         flags += [f"{g.method} at target {g.target_label}: {which} {100 * error:+.2f}% off the proposal's "
-                  f"{g.target.get('match', 'macs')}" for which, error in misses if not within_tolerance(error)]
+                  f"{g.target.get('match', 'macs')}" for which, error in misses
+                  if not within_tolerance(error, g.tolerance)]
     return flags
 
 
 def markdown_controls(groups: Sequence[Group]) -> str:
     """The cost error of every proposal's controls; ones outside ±1% are marked."""
-    def cell(error: float | None) -> str:
+    def cell(error: float | None, tolerance: float) -> str:
         if error is None:
             return "-"
-        return f"{100 * error:+.2f}%" + ("" if within_tolerance(error) else " **outside ±1%**")
+        return f"{100 * error:+.2f}%" + ("" if within_tolerance(error, tolerance) else
+                                         f" **outside ±{100 * tolerance:g}%**")
 
     lines = ["| method | target | MACs | params | uniform twin | random widths (worst seed) |",
              "|---|---|---|---|---|---|"]
     for g in groups:
         lines.append(f"| {g.method} | {g.target_label} | {g.macs / 1e6:.2f}M | {g.params_count / 1e6:.3f}M | "
-                     f"{cell(g.worst_twin_error('uniform'))} | {cell(g.worst_twin_error('random'))} |")
+                     f"{cell(g.worst_twin_error('uniform'), g.tolerance)} | "
+                     f"{cell(g.worst_twin_error('random'), g.tolerance)} |")
     lines.append("\nCost error = the control's cost / the proposal's cost − 1 (MACs, or params with `match: params`); "
                  "the design holds them to ±1%; larger errors are marked.")
     return "\n".join(lines)
@@ -230,34 +242,22 @@ def verdict(groups: Sequence[Group], metric: str = "test_acc") -> list[str]:
 # -- latency ----------------------------------------------------------------------------------------------
 
 
-def measure_latency(archs: Sequence[Any], batch: int, repeats: int = 15) -> list[float]:
-    """Fastest CPU forward time (ms) of each architecture at ``batch``, measured interleaved.
-
-    Interleaving and taking the minimum over ``repeats`` keep the comparison fair on a busy machine: both
-    networks of a pair see the same interference, and the minimum is the least disturbed run.
-    """
-    models = [arch.build().eval() for arch in archs]
-    inputs = [torch.randn(batch, *arch.input_shape) for arch in archs]
-    best = [float("inf")] * len(models)
-    with torch.inference_mode():
-        for i in range(repeats + 2):
-            for k, (model, x) in enumerate(zip(models, inputs)):
-                start = time.perf_counter()
-                model(x)
-                if i >= 2:  # warm-up
-                    best[k] = min(best[k], time.perf_counter() - start)
-    return [1000 * t for t in best]
+LATENCY_REPEATS = 15
 
 
 def latency_table(run: RunDir, groups: Sequence[Group], batches: Sequence[int] = (1, 64)) -> list[dict[str, Any]]:
+    """Fastest of :data:`LATENCY_REPEATS` forward passes (ms) of each proposal and its uniform twin on the CPU
+    (``cpu-torch`` with this process's threads), measured interleaved by :func:`prunenas.latency.measure`: both
+    networks of a pair see the same interference, and the minimum is the least disturbed run."""
     out = []
     for g in groups:
         record: dict[str, Any] = {"method": g.method, "target": g.target_label, "macs": g.macs}
         rows = {arm: g.row(arm) for arm in ("proposed", "uniform") if g.row(arm) is not None}
         archs = [from_dict(row["arch"], base_dir=run.proposals_dir) for row in rows.values()]
         for b in batches:
-            for arm, ms in zip(rows, measure_latency(archs, b)):
-                record[f"{arm}_ms_b{b}"] = ms
+            device = get_device("cpu-torch", b, torch.get_num_threads())
+            for arm, m in zip(rows, measure(archs, device, LATENCY_REPEATS, warmup=2)):
+                record[f"{arm}_ms_b{b}"] = m.min_ms
         out.append(record)
     return out
 
@@ -269,8 +269,8 @@ def markdown_latency(records: Sequence[Mapping[str, Any]], batches: Sequence[int
         cells = [r["method"], r["target"], f"{r['macs'] / 1e6:.2f}M"]
         cells += [f"{r[k]:.2f}" if k in r else "-" for b in batches for k in (f"proposed_ms_b{b}", f"uniform_ms_b{b}")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append(f"\nFastest of 15 interleaved CPU forward passes on this machine ({torch.get_num_threads()} threads); "
-                 "MACs are not speed.")
+    lines.append(f"\nFastest of {LATENCY_REPEATS} interleaved CPU forward passes on this machine "
+                 f"({torch.get_num_threads()} threads); MACs are not speed.")
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from prunenas.budget import TOLERANCE, cost_of, scratch_epochs
+from prunenas.budget import TOLERANCE, cost_of, scratch_epochs, tolerance_of
 from prunenas.cost import count
 from prunenas.experiment import Experiment, Range, Setting, setting_values, target_choices, target_setting
 from prunenas.proposers import PROPOSERS, Proposal, Target
@@ -34,7 +34,7 @@ def suggest(trial: Any, exp: Experiment) -> dict[str, Any]:
         params["widths"] = list(widths)
         trial.set_user_attr("widths", list(widths))  # what is trained: the family's repair may raise some
         target = budget_value(exp)
-        cost = cost_of(space.arch(widths), exp.match)
+        cost = cost_of(space.arch(widths), exp.cost_kind)
         if budget_excess(exp, cost) > 0:
             trial.set_user_attr("over_budget", True)
     else:
@@ -42,7 +42,7 @@ def suggest(trial: Any, exp: Experiment) -> dict[str, Any]:
             params[key] = _suggest(trial, f"{method}/{key}", setting)
         target = _suggest(trial, f"{method}/target", target_setting(exp, method))
         cost = target_cost(exp, target)
-    trial.set_constraint("macs" if exp.match == "macs" else "params", budget_excess(exp, cost))
+    trial.set_constraint(exp.match, budget_excess(exp, cost))
     lr = _suggest(trial, "lr", exp.lr) if exp.lr is not None else None
     return {"trial": {"method": method, "params": params, "target": target, "lr": lr}}
 
@@ -69,9 +69,9 @@ def width_grid(space: Space, slot: int) -> tuple[int, int, int]:
 
 
 def budget_excess(exp: Experiment, cost: float) -> float:
-    """How far ``cost`` exceeds the search's budget beyond the twin tolerance (budget.TOLERANCE), as a fraction
+    """How far ``cost`` exceeds the search's budget beyond the twin tolerance (budget.tolerance_of), as a fraction
     of the budget: > 0 is infeasible. The Optuna constraint of every trial."""
-    return cost / budget_cost(exp) - 1 - TOLERANCE
+    return cost / budget_cost(exp) - 1 - tolerance_of(exp.cost_kind)
 
 
 def target_excess(exp: Experiment, proposal: Proposal) -> float:
@@ -80,7 +80,8 @@ def target_excess(exp: Experiment, proposal: Proposal) -> float:
     target = proposal.target
     if not target.is_cost:
         return -TOLERANCE
-    return cost_of(proposal.arch, target.match) / target.absolute(exp.space) - 1 - TOLERANCE
+    kind = target.cost_kind(exp.space)
+    return cost_of(proposal.arch, kind) / target.absolute(exp.space) - 1 - tolerance_of(kind)
 
 
 def search_epochs(exp: Experiment) -> int:
@@ -99,20 +100,21 @@ def budget_cost(exp: Experiment) -> float:
 
 
 def target_cost(exp: Experiment, target: Any) -> float:
-    """MACs (or params) that a target value asks for; presets cost what their architecture costs."""
+    """MACs (params, predicted ms) that a target value asks for; presets cost what their architecture costs."""
     if isinstance(target, str) and target.startswith("preset:"):
-        return cost_of(exp.space.preset(target.removeprefix("preset:")), exp.match)
-    if exp.target[0] == "ratio":
-        return target * cost_of(exp.space.base, exp.match)
+        return cost_of(exp.space.preset(target.removeprefix("preset:")), exp.cost_kind)
+    if exp.ratio_targets:
+        return target * cost_of(exp.space.base, exp.cost_kind)
     return target
 
 
 def target_object(exp: Experiment, target: Any) -> Target:
+    kind = {"match": exp.match, "latency_device": exp.latency_device}
     if isinstance(target, str) and target.startswith("preset:"):
-        return Target(preset=target.removeprefix("preset:"), match=exp.match)
-    if exp.target[0] == "ratio":
-        return Target(ratio=float(target), match=exp.match)
-    return Target(cost=int(target), match=exp.match)
+        return Target(preset=target.removeprefix("preset:"), **kind)
+    if exp.ratio_targets:
+        return Target(ratio=float(target), **kind)
+    return Target(cost=float(target) if exp.latency_device else int(target), **kind)
 
 
 # -- enqueued points ------------------------------------------------------------------------------------
@@ -281,11 +283,14 @@ def _planned_targets(exp: Experiment) -> list[Any]:
 
 
 def _target_macs(exp: Experiment, target: Any) -> float:
-    """MACs a target is expected to give (exact for presets; params targets scaled by the base's MACs/params)."""
+    """MACs a target is expected to give (exact for presets; params and latency targets scaled by the base's MACs
+    per param or per predicted ms)."""
     if isinstance(target, str):
         return count(exp.space.preset(target.removeprefix("preset:"))).macs
     cost = target_cost(exp, target)
-    return cost if exp.match == "macs" else cost * count(exp.space.base).macs / cost_of(exp.space.base, "params")
+    if exp.match == "macs":
+        return cost
+    return cost * count(exp.space.base).macs / cost_of(exp.space.base, exp.cost_kind)
 
 
 def format_estimate(exp: Experiment, est: Mapping[str, Any]) -> str:

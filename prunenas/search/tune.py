@@ -367,7 +367,7 @@ def _search_trial(config: dict, ctx: Context) -> None:
     proposal = make_proposal(ctx, spec["method"], spec["params"], target_object(exp, target))
     pid = proposal_id(proposal)
     macs = count(proposal.arch).macs
-    if spec["method"] == "direct" and budget_excess(exp, cost_of(proposal.arch, exp.match)) > 0:
+    if spec["method"] == "direct" and budget_excess(exp, cost_of(proposal.arch, exp.cost_kind)) > 0:
         # Tune wants the metrics in every result: none has a value, so Optuna records PRUNED without one
         tune.report({"score": None, RUNNING_ACC: None, "macs": macs, "proposal": pid, "final": False,
                      "summary": f"direct {list(proposal.arch.widths)}: over the budget, not trained"})

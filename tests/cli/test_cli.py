@@ -82,7 +82,7 @@ BAD_INPUT = [
     (["uniform", "vgg16-cifar10", "--ratio", "1.5"], "ratio 1.5 must be in (0, 1]"),
     (["uniform", "vgg16-cifar10", "--ratio", "-0.2"], "ratio -0.2 must be in (0, 1]"),
     (["uniform", "vgg16-cifar10", "--macs", "-5"], "--macs -5 must be a positive integer"),
-    (["uniform", "vgg16-cifar10"], "one of the arguments --macs --ratio is required"),
+    (["uniform", "vgg16-cifar10"], "one of the arguments --macs --ratio --latency-ms --latency-ratio is required"),
     (["info"], "the following arguments are required: target"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]

@@ -1,11 +1,13 @@
 """The report's reading of a run on hand-made groups (no run folder, no training): the interval column and
 verdict, the Pareto front of the proposals and the cost error of the controls."""
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from prunenas.runs import report
 from prunenas.runs.report import Group, markdown_table, verdict
+from prunenas.spaces import load_space
 
 MACS = 6_710_000
 
@@ -85,3 +87,14 @@ def test_report_json_writes_null_where_two_seeds_give_no_interval():
     assert data["validation"][0]["proposed"] == {"mean": None, "std": None, "n": 0}  # no val_acc in these rows
     with pytest.raises(ValueError, match="Out of range float values"):
         report.report_json({"low": float("nan")})
+
+
+def test_latency_md_times_each_proposal_against_its_twin_on_the_latency_core(tmp_path):
+    space = load_space("vgg11-fashionmnist")
+    narrow = space.arch([max(1, w // 8) for w in space.upper])  # ~1/64 of the MACs: far faster, even on a busy CPU
+    rows = {("proposed", "scratch-e"): {0: {"arch": narrow.to_dict()}},
+            ("uniform", "scratch-e"): {0: {"arch": space.base.to_dict()}}}
+    g = Group("p", "m", {}, {"ratio": 0.5}, 1, 1, None, (1,), (2,), ("s",), rows)
+    (record,) = report.latency_table(SimpleNamespace(proposals_dir=tmp_path), [g], batches=(8,))
+    assert 0 < record["proposed_ms_b8"] < record["uniform_ms_b8"]
+    assert "Fastest of 15 interleaved CPU forward passes" in report.markdown_latency([record], batches=(8,))
