@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="training epochs of every arm (overrides recipe.epochs)")
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray instance without its dashboard")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    _verbose_argument(p)
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("report", help="tables, verdict, latency and plots of a run folder (finished or running)")
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--address", help="Ray cluster to join (default: a local Ray instance)")
     p.add_argument("--no-dashboard", action="store_true")
+    _verbose_argument(p)
     p.set_defaults(run=cmd_resume)
     return parser
 
@@ -214,6 +216,11 @@ def _with_ray(module: str) -> ModuleType:
     """A module that imports Ray or Optuna, loaded only by the commands that need it (``prunenas --help`` and the
     other commands start without them)."""
     return importlib.import_module(module)
+
+
+def _verbose_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and Tune's own output (trial tables) instead of writing it to RUN/logs/ray.log")
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
@@ -325,7 +332,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise PrunenasError(f"{args.out} already holds a run; continue it with `prunenas resume {args.out}`")
     tune = _with_ray("prunenas.search.tune")
     run = tune.run_search(exp, args.out, address=args.address, cache_dir=args.cache_dir,
-                          dashboard=not args.no_dashboard)
+                          dashboard=not args.no_dashboard, verbose=args.verbose)
     print(results_table(run))
     return 0
 
@@ -404,7 +411,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     RunDir(args.run_dir).state()  # a clear error for a missing or foreign folder, before Ray starts
     tune = _with_ray("prunenas.search.tune")
-    run = tune.resume(args.run_dir, address=args.address, dashboard=not args.no_dashboard)
+    run = tune.resume(args.run_dir, address=args.address, dashboard=not args.no_dashboard, verbose=args.verbose)
     print(results_table(run))
     return 0
 
