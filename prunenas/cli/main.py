@@ -60,6 +60,11 @@ def _json_flag(p: argparse.ArgumentParser, what: str = "print one JSON object on
     p.add_argument("--json", action="store_true", help=what)
 
 
+def _verbose_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and Tune's own output (trial tables) instead of writing it to RUN/logs/ray.log")
+
+
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset (default: the space's); required for architecture files")
     p.add_argument("--data-root", help="folder holding the dataset files (also $PRUNENAS_DATA)")
@@ -204,6 +209,7 @@ def add_search(sub: Subparsers) -> None:
     p.add_argument("--epochs", type=int, help="training epochs of every arm (overrides recipe.epochs)")
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray instance without its dashboard")
     _json_flag(p, "with --dry-run: print the plan as JSON")
+    _verbose_argument(p)
     p.set_defaults(run="search:cmd_search")
 
 
@@ -224,6 +230,7 @@ def add_resume(sub: Subparsers) -> None:
     p.add_argument("run_dir")
     p.add_argument("--address", help="Ray cluster to join (default: a local Ray instance)")
     p.add_argument("--no-dashboard", action="store_true")
+    _verbose_argument(p)
     p.set_defaults(run="search:cmd_resume")
 
 

@@ -37,7 +37,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise PrunenasError(f"{args.out} already holds a run; continue it with `prunenas resume {args.out}`")
     tune = _with_ray("prunenas.search.tune")
     run = tune.run_search(exp, args.out, address=args.address, cache_dir=args.cache_dir,
-                          dashboard=not args.no_dashboard)
+                          dashboard=not args.no_dashboard, verbose=args.verbose)
     print(results_table(run))
     return 0
 
@@ -46,7 +46,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted run folder; prints its results table when done."""
     RunDir(args.run_dir).state()  # a clear error for a missing or foreign folder, before Ray starts
     tune = _with_ray("prunenas.search.tune")
-    run = tune.resume(args.run_dir, address=args.address, dashboard=not args.no_dashboard)
+    run = tune.resume(args.run_dir, address=args.address, dashboard=not args.no_dashboard,
+                      verbose=args.verbose)
     print(results_table(run))
     return 0
 

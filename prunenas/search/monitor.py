@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -117,15 +118,24 @@ def submit(experiment: str | os.PathLike, address: str, run_dir: str, extra_args
                                *extra_args])
         runtime_env = {"working_dir": str(workdir), "py_modules": [str(package)],
                        "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}
-        metadata = {"prunenas_run": run_dir, "experiment": experiment.name}
+        metadata = {"job_name": f"prunenas {Path(run_dir).name}", "prunenas_run": run_dir,
+                    "experiment": experiment.name}
+        submission_id = job_submission_id(run_dir)
         for attempt in range(30):  # a head that just started may not have its job agent up yet
             try:
-                return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata)
+                return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata,
+                                         submission_id=submission_id)
             except RuntimeError as err:
                 if "try again later" not in str(err) or attempt == 29:
                     raise PrunenasError(f"job submission to {address} failed: {err}") from None
                 time.sleep(2)
         raise AssertionError("unreachable")
+
+
+def job_submission_id(run_dir: str) -> str:
+    """The Ray Job's id: named after the run folder (the dashboard's Jobs view lists it), unique per submission."""
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(run_dir).name)
+    return f"prunenas-{name}-{uuid.uuid4().hex[:6]}"
 
 
 def job_status(address: str, job_id: str) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,22 +28,25 @@ import optuna
 import ray
 import yaml
 from ray import tune
+from ray.job_config import JobConfig
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from prunenas.budget import cost_of
 from prunenas.cost import count
+from prunenas.data import planned_train_images
 from prunenas.errors import PrunenasError
 from prunenas.experiment import Experiment, experiment_from_dict
 from prunenas.pretrained import ensure_available
 from prunenas.proposers import Proposal, load_proposal
 from prunenas.proposers.basemodel import RegularizerSpec
 from prunenas.runs.rundir import RunDir
-from prunenas.search import monitor
+from prunenas.search import console, monitor
 from prunenas.search.plan import (
     base_model_specs,
     budget_excess,
     enqueued_points,
+    estimate,
     grid_points,
     search_epochs,
     select_proposals,
@@ -70,19 +72,21 @@ STEP, RUNNING_ACC = "search_step", "running_val_acc"
 
 
 def run_search(exp: Experiment, out: str | os.PathLike | None = None, *, address: str | None = None,
-               cache_dir: str | None = None, dashboard: bool = True) -> RunDir:
-    """Run a whole study into a new run folder."""
+               cache_dir: str | None = None, dashboard: bool = True, verbose: bool = False) -> RunDir:
+    """Run a whole study into a new run folder; ``verbose`` shows Tune's tables instead of writing them to
+    ``RUN/logs/ray.log``."""
     _check_base_weights(exp)
     run = RunDir(out or Path(exp.storage) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     source = dict(exp.source, **({"address": address} if address else {}))
     run.create(exp.name, yaml.safe_dump(source, sort_keys=False))
     if cache_dir:
         run.write_state(cache_dir=str(Path(cache_dir).resolve()))
-    _execute(run, exp, address or exp.address, dashboard)
+    _execute(run, exp, address or exp.address, dashboard, verbose)
     return run
 
 
-def resume(path: str | os.PathLike, *, address: str | None = None, dashboard: bool = True) -> RunDir:
+def resume(path: str | os.PathLike, *, address: str | None = None, dashboard: bool = True,
+           verbose: bool = False) -> RunDir:
     """Continue an interrupted run where it stopped; finished rows are never retrained."""
     run = RunDir(path)
     state = run.state()
@@ -90,7 +94,7 @@ def resume(path: str | os.PathLike, *, address: str | None = None, dashboard: bo
         raise PrunenasError(f"{run.path} is finished; nothing to resume (report it with `prunenas report {run.path}`)")
     exp = experiment_from_dict(yaml.safe_load((run.path / "experiment.yaml").read_text()), state.get("name", "run"))
     _check_base_weights(exp)
-    _execute(run, exp, address or exp.address, dashboard)
+    _execute(run, exp, address or exp.address, dashboard, verbose)
     return run
 
 
@@ -100,14 +104,22 @@ def _check_base_weights(exp: Experiment) -> None:
         ensure_available(exp.base_weights, exp.space.base)
 
 
-def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool) -> None:
+def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool, verbose: bool) -> None:
     exp = _absolute_paths(exp)
     ctx = Context(exp, run, cache_dir=run.state().get("cache_dir"), threads=max(1, int(exp.cpu)),
                   log=None)
     ctx.data()  # fail early on missing data; trials receive it through Ray's object store
-    _init_ray(address, dashboard)
+    with console.ray_output_to_log(run, verbose) as log:
+        _run_phases(ctx, address, dashboard, log)
+
+
+def _run_phases(ctx: Context, address: str | None, dashboard: bool, log: Path | None) -> None:
+    run = ctx.run
+    info = _init_ray(address, dashboard, run)
     try:
-        print(f"run folder {run.path}")
+        for line in console.startup_lines(run, log, info.dashboard_url, monitor.auth_token(),
+                                          os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled"):
+            console.say(line)
         run.write_state(phase=0)
         _phase_base_models(ctx)
         run.write_state(phase=1)
@@ -116,26 +128,28 @@ def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool)
         missing = _phase_evaluate(ctx)
         if missing:
             run.write_state(status="incomplete", phase=3)
-            print(f"incomplete: {missing} planned training(s) failed; `prunenas resume {run.path}` retries them "
-                  f"(diverged ones are final and never retried)")
+            console.say(f"incomplete: {missing} planned training(s) failed; `prunenas resume {run.path}` retries "
+                        f"them (diverged ones are final and never retried)")
         else:
             run.write_state(status="finished", phase=3)
-            print(f"finished: {run.path}  (report: prunenas report {run.path})")
+            console.say(f"finished: {run.path}  (report: prunenas report {run.path})")
     finally:
         ray.shutdown()
 
 
-def _init_ray(address: str | None, dashboard: bool) -> None:
+def _init_ray(address: str | None, dashboard: bool, run: RunDir) -> Any:
+    """Start or join Ray with the run's name and folder as the driver job's metadata (the dashboard's Jobs
+    view, ``ray.util.state.list_jobs``); returns Ray's context (``dashboard_url``)."""
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     # Ray starts workers at niceness 15; here the trials *are* the job, so they run at normal priority
     # (set RAY_worker_niceness yourself to change it). Applies to the local instance only.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    job = JobConfig(metadata={"job_name": f"prunenas {run.path.name}", "prunenas_run": str(run.path)})
     if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
-    else:
-        # "local": always a fresh instance here, never a stray cluster left by `ray start`
-        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 ignore_reinit_error=True)
+        return ray.init(address=address, ignore_reinit_error=True, log_to_driver=True, job_config=job)
+    # "local": always a fresh instance here, never a stray cluster left by `ray start`
+    return ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                    ignore_reinit_error=True, job_config=job)
 
 
 def _absolute_paths(exp: Experiment) -> Experiment:
@@ -149,33 +163,35 @@ def _absolute_paths(exp: Experiment) -> Experiment:
 # -- Tune plumbing ----------------------------------------------------------------------------------------
 
 
-def _tuner(ctx: Context, trainable: Any, name: str, param_space: dict, **tune_config: Any) -> tune.Tuner:
+def _tuner(ctx: Context, trainable: Any, name: str, param_space: dict, progress: console.Progress,
+           **tune_config: Any) -> tune.Tuner:
     exp = ctx.experiment
     gpu = exp.gpu if exp.gpu is not None else (1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0)
     resources = {"cpu": exp.cpu, "gpu": gpu}
-    fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), resources)
-    run_config = tune.RunConfig(name=name, storage_path=str(ctx.run.tune_dir), verbose=1,
+    with_ctx = tune.with_parameters(trainable, ctx=ctx)
+    with_ctx.__mixins__ = (console.IdentifiedTrial,)  # the actor's repr in the dashboard names its trial
+    fn = tune.with_resources(with_ctx, resources)
+    run_config = tune.RunConfig(name=name, storage_path=str(ctx.run.tune_dir), verbose=console.tune_verbosity(),
                                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
-                                callbacks=[_TrialSummary()])
+                                callbacks=[progress])
     config = tune.TuneConfig(max_concurrent_trials=exp.concurrency, reuse_actors=True, **tune_config)
     return tune.Tuner(fn, param_space=param_space, tune_config=config, run_config=run_config)
+
+
+def _progress(ctx: Context, planned: str, phase: str, total: int, rows: bool = True) -> console.Progress:
+    """The console progress of a phase; its ETA prices a training at the plan's estimated cost per training
+    of the phase (:func:`prunenas.search.plan.estimate`, MACs x epochs)."""
+    exp = ctx.experiment
+    images = planned_train_images(exp.dataset, exp.val_size, exp.subset)
+    phase_plan = estimate(exp, images)[planned]
+    trainings = phase_plan.get("trainings", phase_plan["trials"])
+    return console.Progress(ctx.run, phase, total, phase_plan["cost"] / max(trainings, 1) / images, rows=rows)
 
 
 def _attempt_name(ctx: Context, phase: str) -> str:
     """A fresh Tune experiment name per attempt (resume never depends on Tune's own restore)."""
     existing = len(list(ctx.run.tune_dir.glob(f"{phase}-*"))) if ctx.run.tune_dir.exists() else 0
     return f"{phase}-{existing + 1}"
-
-
-class _TrialSummary(tune.Callback):
-    """One line per finished or failed trial, beside Tune's progress table."""
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        print(f"[prunenas] done {trial.trial_id}: {result.get('summary', '')}", flush=True)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"[prunenas] FAILED {trial.trial_id}: see {getattr(trial, 'path', '')}", flush=True)
 
 
 def _report_epochs(prefix: dict[str, Any], macs: int | None = None,
@@ -206,13 +222,14 @@ def _phase_base_models(ctx: Context) -> None:
     specs = base_model_specs(ctx.experiment)
     provider = ctx.provider()
     missing = [(m, s) for m, s in specs if not (provider.cache_dir / provider.key(s)).exists()]
-    print(f"phase 0: {len(specs)} base model(s), {len(missing)} to train")
+    console.say(f"phase 0: {len(specs)} base model(s), {len(missing)} to train")
     if not missing:
         return
     grid = [{"method": m, "spec": None if s is None else {"kind": s.kind, "params": list(map(list, s.params))}}
             for m, s in missing]
-    results = _tuner(ctx, _base_model_trial, _attempt_name(ctx, "base"),
-                     {"base": tune.grid_search(grid)}).fit()
+    with _progress(ctx, "base_models", "base", len(missing), rows=False) as progress:
+        results = _tuner(ctx, _base_model_trial, _attempt_name(ctx, "base"),
+                         {"base": tune.grid_search(grid)}, progress).fit()
     _raise_if_all_failed(results, "phase 0 (base models)")
 
 
@@ -295,7 +312,7 @@ def prepare_study(run: RunDir, exp: Experiment) -> tuple[int, int]:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params)
-        print(f"  trial {trial.number} was running when the driver stopped: marked failed and enqueued again")
+        console.say(f"  trial {trial.number} was running when the driver stopped: marked failed and enqueued again")
     states = [t.state for t in study.get_trials(deepcopy=False)]
     finished = sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states)
     waiting = sum(s == optuna.trial.TrialState.WAITING for s in states)
@@ -306,7 +323,7 @@ def prepare_study(run: RunDir, exp: Experiment) -> tuple[int, int]:
 def _phase_search(ctx: Context) -> None:
     exp = ctx.experiment
     finished, remaining = prepare_study(ctx.run, exp)
-    print(f"phase 1: search, {finished} trial(s) done, {remaining} to run "
+    console.say(f"phase 1: search, {finished} trial(s) done, {remaining} to run "
           f"({exp.sampler}, {len(exp.search_seeds)} seed(s) each)")
     if remaining <= 0:
         return
@@ -314,12 +331,13 @@ def _phase_search(ctx: Context) -> None:
     searcher = _Searcher(space=functools.partial(suggest, exp=exp), metric=metric, mode=mode,
                          sampler=_sampler(exp), study_name=STUDY, storage=storage(ctx.run))
     scheduler = _asha(exp) if exp.scheduler == "asha" else None
-    results = _tuner(ctx, _search_trial, _attempt_name(ctx, "search"), {}, search_alg=searcher,
-                     scheduler=scheduler, num_samples=remaining).fit()
+    with _progress(ctx, "search", "search", remaining * len(exp.search_seeds)) as progress:
+        results = _tuner(ctx, _search_trial, _attempt_name(ctx, "search"), {}, progress, search_alg=searcher,
+                         scheduler=scheduler, num_samples=remaining).fit()
     _raise_if_all_failed(results, "phase 1 (search)")
     summary = search_summary(ctx.run)
     ctx.run.write_state(search=summary)
-    print("phase 1: " + ", ".join(f"{n} {state}" for state, n in summary.items()))
+    console.say("phase 1: " + ", ".join(f"{n} {state}" for state, n in summary.items()))
 
 
 def _asha(exp: Experiment) -> Any:
@@ -409,11 +427,12 @@ def _phase_evaluate(ctx: Context) -> int:
             trainings[key] = training
     ctx.run.write_json("plan.json", {"selected": chosen, "select": exp.select, "proposals": plan})
     todo = _unevaluated(ctx, trainings)
-    print(f"phase 2: evaluation of {len(chosen)} proposal(s): {len(trainings)} training(s), {len(todo)} to run")
+    console.say(f"phase 2: evaluation of {len(chosen)} proposal(s): {len(trainings)} training(s), {len(todo)} to run")
     if todo:
         grid = [trainings[k].to_dict() for k in todo]
-        results = _tuner(ctx, _evaluation_trial, _attempt_name(ctx, "eval"),
-                         {"training": tune.grid_search(grid)}).fit()
+        with _progress(ctx, "evaluation", "eval", len(todo)) as progress:
+            results = _tuner(ctx, _evaluation_trial, _attempt_name(ctx, "eval"),
+                             {"training": tune.grid_search(grid)}, progress).fit()
         _raise_if_all_failed(results, "phase 2 (evaluation)")
     return len(_unevaluated(ctx, trainings))
 
@@ -426,7 +445,7 @@ def _selectable(ctx: Context, pid: str, proposal: Proposal, rows: list[dict]) ->
         return False
     excess = target_excess(exp, proposal)
     if excess > 0:
-        print(f"  proposal {pid} ({proposal.method}) exceeds its target by {excess:.1%} beyond the tolerance: "
+        console.say(f"  proposal {pid} ({proposal.method}) exceeds its target by {excess:.1%} beyond the tolerance: "
               "not selected")
     return excess <= 0
 
@@ -460,7 +479,6 @@ def _counted(tags: dict[str, str]):
 def _raise_if_all_failed(results: Any, phase: str) -> None:
     errors = results.num_errors
     if errors:
-        print(f"{phase}: {errors} trial(s) failed (rows marked failed; `prunenas resume` retries them)",
-              file=sys.stderr)
+        console.say(f"{phase}: {errors} trial(s) failed (rows marked failed; `prunenas resume` retries them)")
     if errors and errors == len(results):
         raise PrunenasError(f"every trial of {phase} failed; first error: {results.errors[0]}")
