@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from prunenas.cost import format_macs
 from prunenas.proposers import load_proposal
-from prunenas.runs.results import format_percent
 from prunenas.runs.rundir import RunDir
+from prunenas.runs.stats import format_percent
 
 LOG = Path("logs") / "ray.log"  # inside the run folder
 POLL_SECONDS = 1.0  # how often the results file is read for finished trainings

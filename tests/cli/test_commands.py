@@ -23,7 +23,7 @@ def test_every_command_names_a_function_of_a_cli_module():
     commands = leaf_parsers(build_parser())
     assert {words[0] for words, _ in commands} == {
         "spaces", "info", "uniform", "train", "proposers", "propose", "search", "submit", "resume", "status",
-        "report", "export", "arch", "doctor", "cache"}
+        "report", "export", "arch", "doctor", "cache", "latency"}
     for words, parser in commands:
         function = command_function(parser.get_default("run"))
         assert callable(function) and function.__module__.startswith("prunenas.cli."), words
