@@ -22,8 +22,8 @@ from prunenas.budget import budget_recipe, cost_error, cost_of, uniform_twin
 from prunenas.cost import count
 from prunenas.data import Data, load_data
 from prunenas.environment import environment
-from prunenas.errors import TrainingDiverged
-from prunenas.experiment import CONTROLS, Experiment
+from prunenas.errors import PrunenasError, TrainingDiverged
+from prunenas.experiment import CONTROLS, TEACHER_ARMS, UNIFORM_ARMS, Experiment
 from prunenas.faults import fault_point
 from prunenas.fileio import locked
 from prunenas.proposers import PROPOSERS, Proposal, Target, load_proposal, propose
@@ -35,7 +35,8 @@ from prunenas.runs.rundir import RunDir
 from prunenas.train import TrainConfig, evaluate_on_test, train
 from prunenas.weights import load_weights, save_weights
 
-INITS = {"proposed": "scratch", "uniform": "scratch", "random": "scratch", "finetune": "trained", "lottery": "init"}
+INITS = {"proposed": "scratch", "uniform": "scratch", "random": "scratch", "finetune": "trained", "lottery": "init",
+         "distill": "trained", "distill-scratch": "scratch", "uniform-distill": "scratch", "scratch-full": "scratch"}
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Trial:
 
     arch: Architecture
     arm: str
-    budget: str  # scratch-e | scratch-b | finetune
+    budget: str  # scratch-e | scratch-b | finetune | scratch-full
     seed: int
     lr: float | None = None
     proposal: str | None = None  # proposal id (group of twins; whose kept channels the inherit arms use)
@@ -131,6 +132,11 @@ class Trial:
     @property
     def init(self) -> str:
         return INITS[self.arm]
+
+    @property
+    def uses_base(self) -> bool:
+        """Whether the training reads the method's base model (its weights or, as a teacher, its logits)."""
+        return self.init != "scratch" or self.arm in TEACHER_ARMS
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -145,16 +151,20 @@ class Trial:
 
 
 def training_config(ctx: Context, training: Trial) -> TrainConfig:
-    """Recipe, epochs (Scratch-E/B from budget.scratch_epochs only), learning rate, seed, threads."""
+    """Recipe, epochs (Scratch-E/B/full from budget.budget_recipe only), learning rate, seed, threads, and the
+    distillation settings of the teacher arms."""
     e = ctx.experiment
     if training.budget == "finetune":
         recipe = RECIPES.get(e.finetune_recipe)
         recipe = recipe.with_epochs(e.finetune_epochs) if e.finetune_epochs else recipe
     else:
-        recipe = budget_recipe(RECIPES.get(e.recipe), training.budget, e.space, training.arch, e.epochs)
+        recipe = budget_recipe(RECIPES.get(e.recipe), training.budget, e.space, training.arch, e.epochs,
+                               pipeline=(e.base_schedule_epochs, e.finetune_schedule_epochs))
     overrides: dict[str, Any] = {"seed": training.seed, "threads": ctx.threads, "device": ctx.device}
     if training.lr is not None:
         overrides["lr"] = training.lr
+    if training.arm in TEACHER_ARMS:
+        overrides.update(temperature=e.distill_temperature, distill_weight=e.distill_weight)
     return TrainConfig.from_recipe(recipe, **overrides)
 
 
@@ -165,7 +175,7 @@ def training_key(ctx: Context, training: Trial, config: TrainConfig | None = Non
     recipe = config.identity()
     identity = {"arch": training.arch.digest(), "arm": training.arm, "budget": training.budget, "recipe": recipe,
                 "data": [e.dataset, e.val_size, e.subset], "init": training.init}
-    if training.init != "scratch":
+    if training.uses_base:
         base = [e.base_recipe, e.base_epochs, e.base_seed] + ([e.base_weights] if e.base_weights else [])
         identity.update(proposal=training.proposal, base=base)
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:16]
@@ -209,7 +219,8 @@ def _train_unless_final(ctx: Context, training: Trial, phase: str,
     try:
         fault_point("trial.start", key=key, arm=training.arm, method=training.method)
         result = train(_initial(ctx, training), ctx.data(), config, checkpoint=ctx.run.checkpoint_path(key),
-                       arch=training.arch, on_epoch=on_epoch, evaluate_test=phase == "eval")
+                       arch=training.arch, on_epoch=on_epoch, evaluate_test=phase == "eval",
+                       teacher=_teacher(ctx, training))
     except TrainingDiverged as err:
         store.append({**row, "status": "diverged", "diverged_epoch": err.epoch, "diverged_step": err.step,
                       "error": str(err), "seconds": time.time() - started})
@@ -264,6 +275,17 @@ def _initial(ctx: Context, training: Trial) -> Architecture | Any:
     return ctx.provider().get(_base_spec(ctx, proposal)).inherit(proposal, training.init)
 
 
+def _teacher(ctx: Context, training: Trial) -> Any:
+    """The teacher of a teacher arm: the method's base model with its trained weights; None for other arms."""
+    if training.arm not in TEACHER_ARMS:
+        return None
+    return _base_model(ctx, training).model("trained")
+
+
+def _base_model(ctx: Context, training: Trial) -> Any:
+    return ctx.provider().get(_base_spec(ctx, load_proposal(ctx.run.proposal_path(training.proposal))))
+
+
 def _base_spec(ctx: Context, proposal: Proposal):
     return PROPOSERS.get(proposal.method).base_spec(ctx.experiment.space, proposal.target, proposal.params)
 
@@ -281,19 +303,25 @@ def evaluation_trials(ctx: Context, proposal: Proposal, pid: str, lr: float | No
     Twins share seeds and recipe. ``uniform``: base widths x one multiplier at the proposal's achieved cost
     (masked proposals: the same sparsity in every layer); ``random``: random widths at that cost, one draw per
     seed; ``finetune`` (the finetune recipe) and ``lottery`` inherit the kept channels of the base model's
-    trained / initial weights — only for proposals that came from a network.
+    trained / initial weights; ``distill`` (the finetune recipe) inherits the trained ones and learns from the base
+    model's logits, ``distill-scratch`` (the proposal) and ``uniform-distill`` (the uniform twin) learn from them
+    from scratch; ``scratch-full`` trains the proposal from scratch with the whole pipeline's compute.
+
+    Experiment validation rejects these base-model arms for methods without a base model; a proposal that still
+    has nothing to inherit is an error here, never a silent skip.
     """
     e = ctx.experiment
     match = proposal.target.match
     goal = cost_of(proposal.arch, match)
     out: list[Trial] = []
     for arm in e.arms:
-        if arm in ("finetune", "lottery") and proposal.kept is None and proposal.arch.masks is None:
-            continue  # nothing to inherit (uniform/random/direct proposals)
-        budgets = ("finetune",) if arm == "finetune" else [b for b in e.budgets if applies(e, b, proposal)]
+        if INITS[arm] != "scratch" and proposal.kept is None and proposal.arch.masks is None:
+            raise PrunenasError(f"arms: {arm} inherits the base model's weights, and the {proposal.method} proposal "
+                                f"{pid} records no kept channels; drop {arm} or {proposal.method}")
+        budgets = [b for b in e.arm_budgets(arm) if applies(e, b, proposal)]
         for seed in e.eval_seeds:
             arch = _arm_arch(ctx, proposal, arm, seed, goal)
-            error = cost_error(cost_of(arch, match), goal) if arm in CONTROLS else None
+            error = cost_error(cost_of(arch, match), goal) if arm in (*CONTROLS, *UNIFORM_ARMS) else None
             out += [Trial(arch, arm, budget, seed, lr, pid, proposal.method, error) for budget in budgets]
     return out
 
@@ -310,7 +338,7 @@ def applies(experiment: Experiment, budget: str, proposal: Proposal) -> bool:
 
 def _arm_arch(ctx: Context, proposal: Proposal, arm: str, seed: int, goal: int) -> Architecture:
     space, match = ctx.experiment.space, proposal.target.match
-    if arm == "uniform":
+    if arm in UNIFORM_ARMS:
         info = PROPOSERS.get(proposal.method) if proposal.method in PROPOSERS else None
         if info is not None and info.own_twin:
             base = ctx.provider().get(_base_spec(ctx, proposal))

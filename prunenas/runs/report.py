@@ -27,12 +27,12 @@ from prunenas.arch import from_dict
 from prunenas.budget import cost_error, within_tolerance
 from prunenas.cost import count
 from prunenas.errors import PrunenasError
-from prunenas.experiment import CONTROLS
+from prunenas.experiment import ARMS, CONTROLS
 from prunenas.proposers import load_proposal
 from prunenas.runs.results import MIN_PAIRED_SEEDS, format_percent, has_interval, mean_std, paired_difference
 from prunenas.runs.rundir import RunDir
 
-ARM_ORDER = ("proposed", "uniform", "random", "finetune", "lottery")
+ARM_ORDER = ARMS
 METRICS = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}
 
 
