@@ -35,6 +35,7 @@ from prunenas.runs.rundir import RunDir
 from prunenas.train import TrainConfig, evaluate_on_test, train
 from prunenas.weights import load_weights, save_weights
 
+TRAINING_PASSES = 3  # MACs of one training step per image: forward ~1x, backward ~2x the forward MACs
 INITS = {"proposed": "scratch", "uniform": "scratch", "random": "scratch", "finetune": "trained", "lottery": "init",
          "distill": "trained", "distill-scratch": "scratch", "uniform-distill": "scratch", "scratch-full": "scratch"}
 
@@ -237,10 +238,32 @@ def _train_unless_final(ctx: Context, training: Trial, phase: str,
     row.update(status="ok", val_acc=result.val_acc, val_loss=result.val_loss, test_acc=result.test_acc,
                test_loss=result.test_loss, curve=[_epoch_summary(m) for m in result.curve],
                images_per_s=result.images_per_s, seconds=result.seconds,
+               compute=training_compute(ctx, training, sum(m["images"] for m in result.curve), result.seconds),
                weights=str(weights.relative_to(ctx.run.path)), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     store.append(row)
     ctx.run.checkpoint_path(key).unlink(missing_ok=True)
     return row
+
+
+def training_compute(ctx: Context, training: Trial, images: int, seconds: float) -> dict[str, Any]:
+    """What ``training`` cost, in MAC x images (``TRAINING_PASSES`` x forward MACs per trained image, plus the
+    teacher's forward pass for the teacher arms) and seconds, and what its whole pipeline cost: this training plus
+    the base-model training it depended on (its weights or its logits), stated whole and amortised over the run's
+    proposals made from that base model. A training that needs no base model is its own pipeline."""
+    macs = count(training.arch).macs
+    teacher = count(ctx.experiment.space.base).macs * images if training.arm in TEACHER_ARMS else 0
+    own = TRAINING_PASSES * macs * images + teacher
+    out: dict[str, Any] = {"train_macs": own, "teacher_macs": teacher, "images": images, "seconds": seconds,
+                           "pipeline_macs": own, "pipeline_macs_amortised": own, "pipeline_seconds": seconds}
+    if training.uses_base:
+        base = _base_model(ctx, training)
+        base_macs = TRAINING_PASSES * count(base.arch).macs * sum(m.get("images", 0) for m in base.meta["curve"])
+        shared = max(1, sum(load_proposal(ctx.run.proposal_path(pid)).provenance.get("base_model") == base.key
+                            for pid in ctx.run.proposal_ids()))
+        out.update(base_model=base.key, base_macs=base_macs, base_seconds=base.meta.get("seconds", 0.0),
+                   shared_by=shared, pipeline_macs=own + base_macs, pipeline_macs_amortised=own + base_macs / shared,
+                   pipeline_seconds=seconds + base.meta.get("seconds", 0.0))
+    return out
 
 
 def evaluated(row: Mapping[str, Any] | None) -> bool:

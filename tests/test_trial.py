@@ -121,6 +121,23 @@ def test_the_distillation_arms_their_budgets_networks_and_recipes(tmp_path):
     rows = {arm: run_trial(ctx, trainings[arm], "eval") for arm in ("distill", "distill-scratch")}
     assert all(r["status"] == "ok" and r["recipe"]["temperature"] == 3.0 for r in rows.values())
     assert rows["distill"]["init"] == "trained" and rows["distill-scratch"]["init"] == "scratch"
+    # compute by hand: images = epochs x whole batches (drop_last); a training step ~3x the forward MACs, the teacher
+    # one forward; the pipeline adds the base model's training (shared by this run's one proposal)
+    n, base_config = len(ctx.data().train), ctx.provider().config()
+    base_train = 3 * count(DISTILL.space.base).macs * 2 * (n // base_config.batch_size * base_config.batch_size)
+    for arm, row in rows.items():
+        images = configs[arm].epochs * (n // configs[arm].batch_size * configs[arm].batch_size)
+        own = 3 * count(proposal.arch).macs * images + count(DISTILL.space.base).macs * images
+        assert row["compute"]["images"] == images and row["compute"]["train_macs"] == own, arm
+        assert row["compute"]["pipeline_macs"] == row["compute"]["pipeline_macs_amortised"] == own + base_train
+        assert row["compute"]["shared_by"] == 1 and row["compute"]["seconds"] == row["seconds"]
+    scratch = run_trial(ctx, trainings["proposed"], "eval")["compute"]
+    assert scratch["train_macs"] == scratch["pipeline_macs"] == 3 * count(proposal.arch).macs * scratch["images"]
+    assert "base_model" not in scratch and scratch["teacher_macs"] == 0
+    make_proposal(ctx, "l1-norm", {}, Target(ratio=0.7))  # a second proposal from the same base model
+    twin = run_trial(ctx, trainings["uniform-distill"], "eval")["compute"]
+    assert twin["shared_by"] == 2 and twin["pipeline_macs"] == twin["train_macs"] + base_train
+    assert twin["pipeline_macs_amortised"] == twin["train_macs"] + base_train / 2
 
 
 def test_an_inherit_arm_on_a_proposal_with_nothing_to_inherit_is_an_error():
