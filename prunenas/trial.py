@@ -321,7 +321,8 @@ def _epoch_summary(m: Mapping[str, float]) -> dict[str, float]:
 
 
 def evaluation_trials(ctx: Context, proposal: Proposal, pid: str, lr: float | None = None) -> list[Trial]:
-    """Every training of the evaluation phase for one proposal: arms x budgets x evaluation seeds.
+    """Every training of the evaluation phase for one proposal: arms x budgets x evaluation seeds, at ``lr``
+    (the search's), or at every learning rate of the experiment's ``lr_grid`` — the same number for every arm.
 
     Twins share seeds and recipe. ``uniform``: base widths x one multiplier at the proposal's achieved cost
     (masked proposals: the same sparsity in every layer); ``random``: random widths at that cost, one draw per
@@ -345,7 +346,8 @@ def evaluation_trials(ctx: Context, proposal: Proposal, pid: str, lr: float | No
         for seed in e.eval_seeds:
             arch = _arm_arch(ctx, proposal, arm, seed, goal)
             error = cost_error(cost_of(arch, match), goal) if arm in (*CONTROLS, *UNIFORM_ARMS) else None
-            out += [Trial(arch, arm, budget, seed, lr, pid, proposal.method, error) for budget in budgets]
+            out += [Trial(arch, arm, budget, seed, rate, pid, proposal.method, error)
+                    for budget in budgets for rate in e.lr_grid or (lr,)]
     return out
 
 

@@ -151,3 +151,16 @@ def test_an_inherit_arm_on_a_proposal_with_nothing_to_inherit_is_an_error():
     with pytest.raises(PrunenasError, match="arms: finetune inherits the base model's weights, and the direct "
                                             "proposal p records no kept channels"):
         evaluation_trials(ctx, proposal, "p")
+
+
+def test_lr_grid_trains_every_arm_at_every_rate_the_same_number_of_times():
+    from collections import Counter
+
+    exp = experiment_from_dict({**EXPERIMENT, "arms": ["proposed", "uniform", "random"], "lr_grid": [0.2, 0.05],
+                                "budgets": ["scratch-e", "scratch-b"]})
+    ctx = Context(exp, RunDir("unused"), threads=1)
+    proposal = propose("random", exp.space, Target(ratio=0.5), None, {}, seed=3)
+    trainings = evaluation_trials(ctx, proposal, proposal_id(proposal), lr=0.1)  # the grid, not the search's rate
+    assert Counter((t.arm, t.budget, t.lr) for t in trainings) == {
+        (arm, budget, lr): 2 for arm in ("proposed", "uniform", "random") for budget in ("scratch-e", "scratch-b")
+        for lr in (0.2, 0.05)}
