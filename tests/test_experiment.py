@@ -108,3 +108,17 @@ def test_distillation_and_lr_grid_settings():
 def test_bad_distillation_and_lr_grid(changes, message):
     with pytest.raises(ExperimentError, match=message):
         experiment_from_dict({**BASE, **changes})
+
+
+def test_the_distillation_study_plans_every_arm_at_both_rates_and_three_seeds():
+    from prunenas.search.plan import estimate
+
+    exp = load_experiment("experiments/fashionmnist-distill-study.yaml")
+    plan = estimate(exp, train_images=8000)["evaluation"]
+    arms = {(a["arm"], a["budget"]): (a["trials"], a["epochs"]) for a in plan["arms"]}
+    assert set(arms) == {(arm, budget) for arm in ("proposed", "uniform", "distill-scratch", "uniform-distill")
+                         for budget in ("scratch-e", "scratch-b")} | {
+        ("finetune", "finetune"), ("distill", "finetune"), ("scratch-full", "scratch-full")}
+    assert {trials for trials, _ in arms.values()} == {2 * 3} and plan["trials"] == 66
+    # Scratch-B: int(8 / 0.35) = 22; scratch-full: (24 base epochs x MACs(base)) / (0.35 MACs(base)) = 68, + 8
+    assert arms[("proposed", "scratch-b")][1] == [22] and arms[("scratch-full", "scratch-full")][1] == [76]
