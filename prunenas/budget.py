@@ -215,20 +215,38 @@ def scratch_epochs(
     return Schedule(epochs, scale_milestones(base_milestones, base_epochs, epochs))
 
 
+def scratch_full_epochs(base_epochs: int, base_macs: int, arch_macs: int, finetune_epochs: int) -> int:
+    """Epochs of the ``scratch-full`` arm: training ``arch`` from scratch with the compute of the whole prune
+    pipeline it competes with — the base model's training plus the fine-tuning of the pruned network —
+    converted to epochs the way Scratch-B converts MACs (same images per epoch, so epochs scale with MACs):
+    ``floor((base_epochs x MACs(base) + finetune_epochs x MACs(arch)) / MACs(arch))``, never capped (the
+    point is equal total compute). Integer arithmetic: no floating-point floor at exact multiples.
+    """
+    if base_epochs < 0 or finetune_epochs < 0 or base_macs <= 0 or arch_macs <= 0:
+        raise BudgetError("base_epochs and finetune_epochs must be >= 0, base_macs and arch_macs positive")
+    return max(1, (base_epochs * base_macs + finetune_epochs * arch_macs) // arch_macs)
+
+
 def scale_milestones(milestones: Sequence[int], base_epochs: int, epochs: int) -> tuple[int, ...]:
     """Learning-rate milestones of a ``base_epochs`` schedule stretched to ``epochs`` (seed: ``int(m*E/E0)``)."""
     return tuple(int(m * epochs / base_epochs) for m in milestones)
 
 
-def budget_recipe(recipe: Recipe, budget: str, space: Space, arch: Architecture, epochs: int | None = None) -> Recipe:
-    """The recipe ``arch`` trains with under ``budget`` (``scratch-e`` / ``scratch-b``): ``epochs`` (default: the
-    recipe's) for Scratch-E, stretched by :func:`scratch_epochs` for Scratch-B; milestones scaled once, from the
-    named recipe's (scaling already-floored milestones would floor twice). The one rule for the search's trials and
-    ``prunenas train``."""
+def budget_recipe(recipe: Recipe, budget: str, space: Space, arch: Architecture, epochs: int | None = None,
+                  pipeline: tuple[int, int] | None = None) -> Recipe:
+    """The recipe ``arch`` trains with under ``budget`` (``scratch-e`` / ``scratch-b`` / ``scratch-full``):
+    ``epochs`` (default: the recipe's) for Scratch-E, stretched by :func:`scratch_epochs` for Scratch-B and by
+    :func:`scratch_full_epochs` for ``scratch-full``, whose ``pipeline`` is (base-model epochs, fine-tuning
+    epochs); milestones scaled once, from the named recipe's (scaling already-floored milestones would floor
+    twice). The one rule for the search's trials and ``prunenas train``."""
     epochs = epochs or recipe.epochs
     if budget in ("scratch-b", "B"):
         epochs = scratch_epochs("scratch-b", epochs, count(space.base).macs, count(arch).macs,
                                 space.scratch_b_cap).epochs
+    elif budget == "scratch-full":
+        if pipeline is None:
+            raise BudgetError("budget scratch-full needs the pipeline's (base epochs, fine-tuning epochs)")
+        epochs = scratch_full_epochs(pipeline[0], count(space.base).macs, count(arch).macs, pipeline[1])
     elif budget not in ("scratch-e", "E"):
-        raise BudgetError(f"budget {budget!r} must be scratch-e or scratch-b")
+        raise BudgetError(f"budget {budget!r} must be scratch-e, scratch-b or scratch-full")
     return recipe.with_epochs(epochs)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from prunenas.budget import CostKind, cost_of
+from prunenas.budget import CostKind, cost_of, scratch_epochs
 from prunenas.data import DATASETS
 from prunenas.errors import PrunenasError
 from prunenas.fileio import read_text
@@ -27,9 +27,16 @@ from prunenas.pretrained import check_weights_name, torchvision_builder
 from prunenas.proposers import PROPOSERS
 from prunenas.recipes import RECIPES
 from prunenas.spaces import Space, load_space
+from prunenas.train import check_distillation
 
-ARMS = ("proposed", "uniform", "random", "finetune", "lottery")
+ARMS = ("proposed", "uniform", "random", "finetune", "lottery", "distill", "distill-scratch", "uniform-distill",
+        "scratch-full")
 CONTROLS = ("uniform", "random")  # arms solved to the proposal's cost: their cost error is recorded and checked
+UNIFORM_ARMS = ("uniform", "uniform-distill")  # arms that train the uniform twin
+INHERIT_ARMS = ("finetune", "lottery", "distill")  # start from the base model's kept weights
+TEACHER_ARMS = ("distill", "distill-scratch", "uniform-distill")  # learn from the base model's logits
+# arms that need the method's base model: its weights, its logits, or (scratch-full) its training's compute
+BASE_ARMS = (*INHERIT_ARMS, *TEACHER_ARMS[1:], "scratch-full")
 BUDGETS = ("scratch-e", "scratch-b")
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 SELECTIONS = ("all", "top-k", "pareto")
@@ -40,7 +47,7 @@ OVERRIDE_KEYS = {"num_samples": ("search", "num_samples"), "concurrency": (None,
                  "sampler": ("search", "sampler"), "epochs": ("recipe", "epochs"), "data_root": ("data", "root")}
 TOP_KEYS = {"name", "space", "data", "base", "proposers", "targets", "arms", "budgets", "seeds", "recipe",
             "finetune", "search", "scheduler", "resources", "concurrency", "storage", "address", "max_failures",
-            "description", "expected"}
+            "description", "expected", "distill", "lr_grid"}
 
 
 class ExperimentError(PrunenasError):
@@ -116,6 +123,9 @@ class Experiment:
     lr: Setting = None
     finetune_recipe: str = "cifar-finetune"
     finetune_epochs: int | None = None
+    distill_temperature: float = 4.0  # the teacher arms' softening temperature T
+    distill_weight: float = 0.9  # the teacher arms' weight of the soft (T^2 x KL) term; 1 - it for the labels
+    lr_grid: tuple[float, ...] | None = None  # every evaluation arm trained at each (reported at its best by val)
     sampler: str = "tpe"
     num_samples: int = 8
     objectives: tuple[str, ...] = ("val_acc",)
@@ -149,6 +159,25 @@ class Experiment:
         if self.latency_device is None:
             return self.match
         return latency_cost(*self.latency_device).calibrated(self.space)
+
+    def arm_budgets(self, arm: str) -> tuple[str, ...]:
+        """The budgets ``arm`` trains under: the fine-tuning schedule for the arms that start from the trained
+        base weights, the pipeline's compute for ``scratch-full``, the experiment's scratch budgets otherwise."""
+        if arm in ("finetune", "distill"):
+            return ("finetune",)
+        if arm == "scratch-full":
+            return ("scratch-full",)
+        return self.budgets
+
+    @property
+    def finetune_schedule_epochs(self) -> int:
+        """Epochs of the fine-tuning schedule (``finetune.epochs`` or the finetune recipe's)."""
+        return self.finetune_epochs or RECIPES.get(self.finetune_recipe).epochs
+
+    @property
+    def base_schedule_epochs(self) -> int:
+        """Epochs the base model trains (0 with published weights: nothing is trained)."""
+        return 0 if self.base_weights else self.base_epochs or RECIPES.get(self.base_recipe).epochs
 
     def with_overrides(self, **changes: Any) -> Experiment:
         """CLI flags override the file (``None`` values are ignored); the overrides are kept in ``source`` too, so
@@ -187,6 +216,7 @@ SECTION_KEYS = {
     "search": {"sampler", "num_samples", "objectives", "direct", "select", "top_k", "enqueue"},
     "resources": {"cpu", "gpu"},
     "finetune": {"recipe", "epochs"},
+    "distill": {"temperature", "weight"},
 }
 
 
@@ -200,7 +230,7 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
     root = _Reader(data, "")
     root.only(TOP_KEYS)
     space = _space(root.get("space", str, required=True))
-    data_sec, base, targets, seeds, recipe, search, resources, finetune = (
+    data_sec, base, targets, seeds, recipe, search, resources, finetune, distill = (
         _section(root, name) for name in SECTION_KEYS)
     dataset = data_sec.get("name", str, default=space.dataset)
     if dataset not in DATASETS:
@@ -231,6 +261,8 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
         lr=_numeric_setting(recipe, "lr", positive=True),
         finetune_recipe=_recipe(finetune.get("recipe", str, default="cifar-finetune"), "finetune.recipe"),
         finetune_epochs=finetune.get("epochs", int, minimum=1),
+        **_distillation(distill),
+        lr_grid=_lr_grid(root),
         sampler=search.choice("sampler", SAMPLERS, default="tpe"),
         num_samples=search.get("num_samples", int, default=8, minimum=1),
         objectives=_objectives(search),
@@ -506,6 +538,34 @@ def _numeric_setting(reader: _Reader, key: str, positive: bool) -> Setting:
     return _setting(reader.data[key], reader.prefix + key, check, numeric=True)
 
 
+def _distillation(distill: _Reader) -> dict[str, float]:
+    """``distill: {temperature, weight}`` of the teacher arms (defaults T = 4, weight 0.9), checked."""
+    temperature = distill.get("temperature", (int, float), default=4.0)
+    weight = distill.get("weight", (int, float), default=0.9)
+    try:
+        check_distillation(temperature, weight, where="distill.")
+    except PrunenasError as err:
+        raise ExperimentError(str(err)) from None
+    return {"distill_temperature": float(temperature), "distill_weight": float(weight)}
+
+
+def _lr_grid(root: _Reader) -> tuple[float, ...] | None:
+    """``lr_grid``: distinct positive learning rates, each arm trained at every one (not Optuna's ``recipe.lr``)."""
+    values = root.get("lr_grid", list)
+    if values is None:
+        return None
+    if not values:
+        raise ExperimentError("lr_grid: empty; give distinct positive learning rates, e.g. [0.05, 0.1]")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ExperimentError(f"lr_grid: {value!r} must be a positive number")
+    repeated = sorted({float(v) for v in values if [float(w) for w in values].count(float(v)) > 1})
+    if repeated:
+        raise ExperimentError(f"lr_grid: {repeated[0]!r} appears more than once; the values must be distinct "
+                              "(every arm gets the same number of learning-rate trials)")
+    return tuple(float(v) for v in values)
+
+
 def _objectives(search: _Reader) -> tuple[str, ...]:
     value = tuple(search.get("objectives", list, default=["val_acc"]))
     if value not in OBJECTIVES:
@@ -514,6 +574,7 @@ def _objectives(search: _Reader) -> tuple[str, ...]:
 
 
 def _cross_checks(exp: Experiment) -> None:
+    _check_base_arms(exp)
     for method in exp.proposers:
         if not target_choices(exp, method):
             raise ExperimentError(f"proposers.{method}: no target to propose at ({method} has no presets); "
@@ -543,6 +604,39 @@ def _cross_checks(exp: Experiment) -> None:
         if cost < smallest:
             raise ExperimentError(f"targets.{kind}: {value} ({cost:.6g} {exp.match}) is below the smallest "
                                   f"architecture of {exp.space.name} ({smallest:.6g} {exp.match})")
+
+
+def _check_base_arms(exp: Experiment) -> None:
+    """Arms that need the method's base model (its weights, its logits, its training's compute) against methods
+    that have none — one error, naming the arm and the method, never a silent skip; and a teacher trained at least
+    as long as its students (a teacher weaker than its students answers nothing)."""
+    for arm in (a for a in exp.arms if a in BASE_ARMS):
+        for method in exp.methods:
+            if method == "direct" or not PROPOSERS.get(method).needs_base:
+                raise ExperimentError(f"arms: {arm} needs the base model of the method, and {method} has none (it "
+                                      f"prunes no trained network); drop {arm} or {method}")
+    if any(a in TEACHER_ARMS for a in exp.arms) and not exp.base_weights:
+        longest, where = _longest_student(exp)
+        if exp.base_schedule_epochs < longest:
+            raise ExperimentError(f"base.epochs: the teacher trains {exp.base_schedule_epochs} epochs, fewer than its "
+                                  f"{where} students ({longest}); a teacher must train at least as long as them")
+
+
+def _longest_student(exp: Experiment) -> tuple[int, str]:
+    """The longest from-scratch schedule (epochs) of the teacher arms' students, at the targets' nominal cost."""
+    epochs = exp.epochs or RECIPES.get(exp.recipe).epochs
+    if "scratch-b" not in exp.budgets:
+        return epochs, "scratch-e"
+    only = exp.budget_targets.get("scratch-b")
+    base_cost, base_macs = cost_of(exp.space.base, exp.cost_kind), cost_of(exp.space.base, "macs")
+    # a target's share of the base cost, taken as its share of the MACs (exact with match: macs)
+    ratios = [value if exp.ratio_targets else value / base_cost for value in setting_values(exp.target[1])
+              if only is None or value in only]
+    if not ratios:
+        return epochs, "scratch-e"
+    cap = exp.space.scratch_b_cap
+    return max(scratch_epochs("scratch-b", epochs, base_macs, max(1, int(r * base_macs)), cap).epochs
+               for r in ratios), "scratch-b"
 
 
 def _check_published_base(exp: Experiment) -> None:

@@ -13,6 +13,8 @@ class Recipe:
     """Optimiser and schedule of a training run (SGD with momentum).
 
     ``schedule``: ``step`` (lr x ``gamma`` at each milestone epoch, the paper's), ``cosine`` or ``onecycle``.
+    ``temperature`` and ``distill_weight``: knowledge distillation from a teacher's logits
+    (:func:`prunenas.train.distillation_loss`); both ``None`` (the default) trains on the labels alone.
     """
 
     epochs: int
@@ -26,6 +28,8 @@ class Recipe:
     gamma: float = 0.1
     label_smoothing: float = 0.0
     augment: bool = True
+    temperature: float | None = None
+    distill_weight: float | None = None
 
     def with_epochs(self, epochs: int) -> Recipe:
         """The same recipe stretched to ``epochs``, milestones scaled (the Scratch-B rule)."""

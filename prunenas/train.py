@@ -36,6 +36,9 @@ SCHEDULES = ("step", "cosine", "onecycle", "constant")
 
 RUN_ONLY = frozenset({"device", "threads", "compile", "eval_batch_size"})
 """TrainConfig fields that change how a training runs, never what it learns (left out of every cache key)."""
+DISTILL_FIELDS = ("temperature", "distill_weight")
+"""Recipe fields of knowledge distillation: in a cache key only when set, so trainings without a teacher keep
+the keys they had before distillation existed (committed runs, base-model caches)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,13 @@ class TrainConfig(Recipe):
 
     def identity(self) -> dict[str, Any]:
         """Every field that determines the trained weights (the run-only ones left out): part of cache keys."""
-        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY}
+        return {k: v for k, v in asdict(self).items()
+                if k not in RUN_ONLY and not (k in DISTILL_FIELDS and v is None)}
+
+    @property
+    def distills(self) -> bool:
+        """Whether this training learns from a teacher's logits as well as from the labels."""
+        return self.distill_weight is not None
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -86,6 +95,35 @@ class TrainConfig(Recipe):
             raise PrunenasError(f"schedule {self.schedule!r} must be one of {', '.join(SCHEDULES)}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise PrunenasError(f"amp {self.amp!r} must be auto, bf16, fp16 or off")
+        if (self.temperature is None) != (self.distill_weight is None):
+            raise PrunenasError("distillation needs both temperature and distill_weight (or neither)")
+        if self.distills:
+            check_distillation(self.temperature, self.distill_weight)
+
+
+def check_distillation(temperature: Any, weight: Any, where: str = "") -> None:
+    """Raise a one-line error unless ``temperature`` > 0 and ``weight`` is in [0, 1] (``where`` prefixes the
+    names, e.g. ``distill.``)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise PrunenasError(f"{where}temperature: {temperature!r} must be a number > 0")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+        raise PrunenasError(f"{where}weight: {weight!r} must be a number in [0, 1]")
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float,
+                      weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Knowledge-distillation loss (Hinton, Vinyals & Dean 2015), averaged over the batch:
+    ``(1 - weight) x CE(student, target) + weight x T^2 x KL(softmax(teacher / T) || softmax(student / T))``.
+
+    The ``T^2`` keeps the soft term's gradients on the scale of the hard term's as ``T`` grows; ``weight`` 0 is
+    plain cross-entropy, 1 the teacher alone. Computed in float32 (logits may come from autocast).
+    """
+    student, teacher = student.float(), teacher.float()
+    hard = nn.functional.cross_entropy(student, target, label_smoothing=label_smoothing)
+    soft = nn.functional.kl_div(nn.functional.log_softmax(student / temperature, dim=1),
+                                nn.functional.log_softmax(teacher / temperature, dim=1),
+                                reduction="batchmean", log_target=True)
+    return (1 - weight) * hard + weight * temperature**2 * soft
 
 
 class Regularizer:
@@ -155,6 +193,7 @@ def train(
     checkpoint: str | Path | None = None,
     evaluate_test: bool = True,
     arch: Architecture | None = None,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Train ``target`` (an Architecture, built and initialised from ``config.seed``, or a ready model).
 
@@ -167,19 +206,25 @@ def train(
             resumes after its last epoch and ends exactly as an uninterrupted run would.
         evaluate_test: evaluate the final model on the test split (the report's number).
         arch: the architecture of a ready ``target`` model, for the MAC count.
+        teacher: the network whose logits a distilling config (``temperature``, ``distill_weight``) learns
+            from; it stays frozen in eval mode and sees the same (augmented) batches.
 
     Raises:
         TrainingDiverged: the loss became NaN/inf (with epoch and step).
     """
     config.validate()
+    if config.distills != (teacher is not None):
+        raise PrunenasError("a distilling recipe needs a teacher, and a teacher needs a distilling recipe "
+                            f"(temperature {config.temperature}, distill_weight {config.distill_weight})")
     regularizer = regularizer or Regularizer()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     arch = target if isinstance(target, Architecture) else arch
     model = _model_on_device(target, config, device, regularizer)
+    teacher = _frozen(teacher, device, _channels_last(config, device)) if teacher is not None else None
     data = data.to(device)
-    run = _Run(model, data, config, device, regularizer)
+    run = _Run(model, data, config, device, regularizer, teacher)
     start = run.restore(checkpoint) if checkpoint and Path(checkpoint).exists() else 0
     for epoch in range(start, config.epochs):
         metrics = run.epoch(epoch)
@@ -209,9 +254,20 @@ def _model_on_device(target: Architecture | nn.Module, config: TrainConfig, devi
         target = target.build()
     model = regularizer.prepare(target)
     model.to(device)
-    if config.channels_last if config.channels_last is not None else device.type == "cuda":
+    if _channels_last(config, device):
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def _channels_last(config: TrainConfig, device: torch.device) -> bool:
+    """Whether the networks train in channels-last memory format: the config's choice, else on CUDA only."""
+    return config.channels_last if config.channels_last is not None else device.type == "cuda"
+
+
+def _frozen(teacher: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """``teacher`` on the student's device and memory format, in eval mode, without gradients."""
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    return teacher.to(memory_format=torch.channels_last) if channels_last else teacher
 
 
 def evaluate_on_test(model: nn.Module, data: Data, config: TrainConfig) -> tuple[float, float]:
@@ -257,8 +313,9 @@ class _Run:
     """The mutable state of one training run: model, optimiser, schedule, curve."""
 
     def __init__(self, model: nn.Module, data: Data, config: TrainConfig, device: torch.device,
-                 regularizer: Regularizer) -> None:
+                 regularizer: Regularizer, teacher: nn.Module | None = None) -> None:
         self.model, self.data, self.config, self.device, self.regularizer = model, data, config, device, regularizer
+        self.teacher = teacher
         self.forward = torch.compile(model) if config.compile else model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov and config.momentum > 0,
@@ -308,7 +365,7 @@ class _Run:
         x, y = self._to_device(x), y.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.forward(x)
-            loss = self.criterion(out, y)
+            loss = self._loss(x, out, y)
         # A CPU check is free; on CUDA it would stall the pipeline, so it runs every 32 steps and per epoch.
         if (self.device.type == "cpu" or step % 32 == 0) and not torch.isfinite(loss):
             raise TrainingDiverged(epoch + 1, self.steps, float(loss))
@@ -326,6 +383,14 @@ class _Run:
         self.regularizer.after_step(self.model)
         self.steps += 1
         return loss, out, y
+
+    def _loss(self, x: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return self.criterion(out, y)
+        with torch.no_grad():
+            soft = self.teacher(x)
+        return distillation_loss(out, soft, y, self.config.temperature, self.config.distill_weight,
+                                 self.config.label_smoothing)
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)

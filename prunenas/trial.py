@@ -22,8 +22,8 @@ from prunenas.budget import budget_recipe, cost_error, cost_of, uniform_twin
 from prunenas.cost import count
 from prunenas.data import Data, load_data
 from prunenas.environment import environment
-from prunenas.errors import TrainingDiverged
-from prunenas.experiment import CONTROLS, Experiment
+from prunenas.errors import PrunenasError, TrainingDiverged
+from prunenas.experiment import CONTROLS, TEACHER_ARMS, UNIFORM_ARMS, Experiment
 from prunenas.faults import fault_point
 from prunenas.fileio import locked
 from prunenas.proposers import PROPOSERS, Proposal, Target, load_proposal, propose
@@ -35,7 +35,9 @@ from prunenas.runs.rundir import RunDir
 from prunenas.train import TrainConfig, evaluate_on_test, train
 from prunenas.weights import load_weights, save_weights
 
-INITS = {"proposed": "scratch", "uniform": "scratch", "random": "scratch", "finetune": "trained", "lottery": "init"}
+TRAINING_PASSES = 3  # MACs of one training step per image: forward ~1x, backward ~2x the forward MACs
+INITS = {"proposed": "scratch", "uniform": "scratch", "random": "scratch", "finetune": "trained", "lottery": "init",
+         "distill": "trained", "distill-scratch": "scratch", "uniform-distill": "scratch", "scratch-full": "scratch"}
 
 
 @dataclass
@@ -121,7 +123,7 @@ class Trial:
 
     arch: Architecture
     arm: str
-    budget: str  # scratch-e | scratch-b | finetune
+    budget: str  # scratch-e | scratch-b | finetune | scratch-full
     seed: int
     lr: float | None = None
     proposal: str | None = None  # proposal id (group of twins; whose kept channels the inherit arms use)
@@ -131,6 +133,11 @@ class Trial:
     @property
     def init(self) -> str:
         return INITS[self.arm]
+
+    @property
+    def uses_base(self) -> bool:
+        """Whether the training reads the method's base model (its weights or, as a teacher, its logits)."""
+        return self.init != "scratch" or self.arm in TEACHER_ARMS
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -145,16 +152,20 @@ class Trial:
 
 
 def training_config(ctx: Context, training: Trial) -> TrainConfig:
-    """Recipe, epochs (Scratch-E/B from budget.scratch_epochs only), learning rate, seed, threads."""
+    """Recipe, epochs (Scratch-E/B/full from budget.budget_recipe only), learning rate, seed, threads, and the
+    distillation settings of the teacher arms."""
     e = ctx.experiment
     if training.budget == "finetune":
         recipe = RECIPES.get(e.finetune_recipe)
         recipe = recipe.with_epochs(e.finetune_epochs) if e.finetune_epochs else recipe
     else:
-        recipe = budget_recipe(RECIPES.get(e.recipe), training.budget, e.space, training.arch, e.epochs)
+        recipe = budget_recipe(RECIPES.get(e.recipe), training.budget, e.space, training.arch, e.epochs,
+                               pipeline=(e.base_schedule_epochs, e.finetune_schedule_epochs))
     overrides: dict[str, Any] = {"seed": training.seed, "threads": ctx.threads, "device": ctx.device}
     if training.lr is not None:
         overrides["lr"] = training.lr
+    if training.arm in TEACHER_ARMS:
+        overrides.update(temperature=e.distill_temperature, distill_weight=e.distill_weight)
     return TrainConfig.from_recipe(recipe, **overrides)
 
 
@@ -165,7 +176,7 @@ def training_key(ctx: Context, training: Trial, config: TrainConfig | None = Non
     recipe = config.identity()
     identity = {"arch": training.arch.digest(), "arm": training.arm, "budget": training.budget, "recipe": recipe,
                 "data": [e.dataset, e.val_size, e.subset], "init": training.init}
-    if training.init != "scratch":
+    if training.uses_base:
         base = [e.base_recipe, e.base_epochs, e.base_seed] + ([e.base_weights] if e.base_weights else [])
         identity.update(proposal=training.proposal, base=base)
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:16]
@@ -209,7 +220,8 @@ def _train_unless_final(ctx: Context, training: Trial, phase: str,
     try:
         fault_point("trial.start", key=key, arm=training.arm, method=training.method)
         result = train(_initial(ctx, training), ctx.data(), config, checkpoint=ctx.run.checkpoint_path(key),
-                       arch=training.arch, on_epoch=on_epoch, evaluate_test=phase == "eval")
+                       arch=training.arch, on_epoch=on_epoch, evaluate_test=phase == "eval",
+                       teacher=_teacher(ctx, training))
     except TrainingDiverged as err:
         store.append({**row, "status": "diverged", "diverged_epoch": err.epoch, "diverged_step": err.step,
                       "error": str(err), "seconds": time.time() - started})
@@ -226,10 +238,32 @@ def _train_unless_final(ctx: Context, training: Trial, phase: str,
     row.update(status="ok", val_acc=result.val_acc, val_loss=result.val_loss, test_acc=result.test_acc,
                test_loss=result.test_loss, curve=[_epoch_summary(m) for m in result.curve],
                images_per_s=result.images_per_s, seconds=result.seconds,
+               compute=training_compute(ctx, training, sum(m["images"] for m in result.curve), result.seconds),
                weights=str(weights.relative_to(ctx.run.path)), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     store.append(row)
     ctx.run.checkpoint_path(key).unlink(missing_ok=True)
     return row
+
+
+def training_compute(ctx: Context, training: Trial, images: int, seconds: float) -> dict[str, Any]:
+    """What ``training`` cost, in MAC x images (``TRAINING_PASSES`` x forward MACs per trained image, plus the
+    teacher's forward pass for the teacher arms) and seconds, and what its whole pipeline cost: this training plus
+    the base-model training it depended on (its weights or its logits), stated whole and amortised over the run's
+    proposals made from that base model. A training that needs no base model is its own pipeline."""
+    macs = count(training.arch).macs
+    teacher = count(ctx.experiment.space.base).macs * images if training.arm in TEACHER_ARMS else 0
+    own = TRAINING_PASSES * macs * images + teacher
+    out: dict[str, Any] = {"train_macs": own, "teacher_macs": teacher, "images": images, "seconds": seconds,
+                           "pipeline_macs": own, "pipeline_macs_amortised": own, "pipeline_seconds": seconds}
+    if training.uses_base:
+        base = _base_model(ctx, training)
+        base_macs = TRAINING_PASSES * count(base.arch).macs * sum(m.get("images", 0) for m in base.meta["curve"])
+        shared = max(1, sum(load_proposal(ctx.run.proposal_path(pid)).provenance.get("base_model") == base.key
+                            for pid in ctx.run.proposal_ids()))
+        out.update(base_model=base.key, base_macs=base_macs, base_seconds=base.meta.get("seconds", 0.0),
+                   shared_by=shared, pipeline_macs=own + base_macs, pipeline_macs_amortised=own + base_macs / shared,
+                   pipeline_seconds=seconds + base.meta.get("seconds", 0.0))
+    return out
 
 
 def evaluated(row: Mapping[str, Any] | None) -> bool:
@@ -264,6 +298,17 @@ def _initial(ctx: Context, training: Trial) -> Architecture | Any:
     return ctx.provider().get(_base_spec(ctx, proposal)).inherit(proposal, training.init)
 
 
+def _teacher(ctx: Context, training: Trial) -> Any:
+    """The teacher of a teacher arm: the method's base model with its trained weights; None for other arms."""
+    if training.arm not in TEACHER_ARMS:
+        return None
+    return _base_model(ctx, training).model("trained")
+
+
+def _base_model(ctx: Context, training: Trial) -> Any:
+    return ctx.provider().get(_base_spec(ctx, load_proposal(ctx.run.proposal_path(training.proposal))))
+
+
 def _base_spec(ctx: Context, proposal: Proposal):
     return PROPOSERS.get(proposal.method).base_spec(ctx.experiment.space, proposal.target, proposal.params)
 
@@ -276,25 +321,33 @@ def _epoch_summary(m: Mapping[str, float]) -> dict[str, float]:
 
 
 def evaluation_trials(ctx: Context, proposal: Proposal, pid: str, lr: float | None = None) -> list[Trial]:
-    """Every training of the evaluation phase for one proposal: arms x budgets x evaluation seeds.
+    """Every training of the evaluation phase for one proposal: arms x budgets x evaluation seeds, at ``lr``
+    (the search's), or at every learning rate of the experiment's ``lr_grid`` — the same number for every arm.
 
     Twins share seeds and recipe. ``uniform``: base widths x one multiplier at the proposal's achieved cost
     (masked proposals: the same sparsity in every layer); ``random``: random widths at that cost, one draw per
     seed; ``finetune`` (the finetune recipe) and ``lottery`` inherit the kept channels of the base model's
-    trained / initial weights — only for proposals that came from a network.
+    trained / initial weights; ``distill`` (the finetune recipe) inherits the trained ones and learns from the base
+    model's logits, ``distill-scratch`` (the proposal) and ``uniform-distill`` (the uniform twin) learn from them
+    from scratch; ``scratch-full`` trains the proposal from scratch with the whole pipeline's compute.
+
+    Experiment validation rejects these base-model arms for methods without a base model; a proposal that still
+    has nothing to inherit is an error here, never a silent skip.
     """
     e = ctx.experiment
     match = proposal.target.cost_kind(e.space)
     goal = cost_of(proposal.arch, match)
     out: list[Trial] = []
     for arm in e.arms:
-        if arm in ("finetune", "lottery") and proposal.kept is None and proposal.arch.masks is None:
-            continue  # nothing to inherit (uniform/random/direct proposals)
-        budgets = ("finetune",) if arm == "finetune" else [b for b in e.budgets if applies(e, b, proposal)]
+        if INITS[arm] != "scratch" and proposal.kept is None and proposal.arch.masks is None:
+            raise PrunenasError(f"arms: {arm} inherits the base model's weights, and the {proposal.method} proposal "
+                                f"{pid} records no kept channels; drop {arm} or {proposal.method}")
+        budgets = [b for b in e.arm_budgets(arm) if applies(e, b, proposal)]
         for seed in e.eval_seeds:
             arch = _arm_arch(ctx, proposal, arm, seed, goal)
-            error = cost_error(cost_of(arch, match), goal) if arm in CONTROLS else None
-            out += [Trial(arch, arm, budget, seed, lr, pid, proposal.method, error) for budget in budgets]
+            error = cost_error(cost_of(arch, match), goal) if arm in (*CONTROLS, *UNIFORM_ARMS) else None
+            out += [Trial(arch, arm, budget, seed, rate, pid, proposal.method, error)
+                    for budget in budgets for rate in e.lr_grid or (lr,)]
     return out
 
 
@@ -311,7 +364,7 @@ def applies(experiment: Experiment, budget: str, proposal: Proposal) -> bool:
 def _arm_arch(ctx: Context, proposal: Proposal, arm: str, seed: int, goal: float) -> Architecture:
     space, target = ctx.experiment.space, proposal.target
     match = target.cost_kind(space)
-    if arm == "uniform":
+    if arm in UNIFORM_ARMS:
         info = PROPOSERS.get(proposal.method) if proposal.method in PROPOSERS else None
         if info is not None and info.own_twin:
             base = ctx.provider().get(_base_spec(ctx, proposal))

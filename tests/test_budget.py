@@ -1,6 +1,13 @@
 import pytest
 
-from prunenas.budget import scratch_epochs, target_from_ratio, uniform_twin, uniform_widths
+from prunenas.budget import (
+    budget_recipe,
+    scratch_epochs,
+    scratch_full_epochs,
+    target_from_ratio,
+    uniform_twin,
+    uniform_widths,
+)
 from prunenas.cost import count
 from prunenas.errors import BudgetError
 from prunenas.recipes import RECIPES
@@ -122,3 +129,32 @@ def test_an_experiments_epochs_scale_the_recipes_milestones_once(tmp_path, budge
     epochs = {"scratch-e": 7, "scratch-b": 11}[budget]
     assert int(7 * count(exp.space.base).macs / count(arch).macs) == 11
     assert (config.epochs, config.milestones) == (epochs, (80 * epochs // 160, 120 * epochs // 160))
+
+
+SCRATCH_FULL = [
+    # base epochs, base MACs, arch MACs, fine-tune epochs -> epochs: floor((E0 x M0 + Ef x M) / M), by hand
+    (160, 100, 50, 40, 360),  # 320 epochs of the pruned net buy the base training, + the 40 fine-tuning epochs
+    (8, 100, 35, 8, 30),  # 800 / 35 = 22.86 -> 22 (Scratch-B's int), + 8
+    (24, 100, 35, 8, 76),  # 2400 / 35 = 68.57 -> 68, + 8: the distillation study's schedule
+    (90, 100, 100, 20, 110),  # unpruned: the base epochs and the fine-tuning, end to end
+    (10, 7, 3, 0, 23),  # no fine-tuning: 70 / 3 = 23.33
+    (3, 10, 5, 1, 7),  # exact: 30 / 5 + 1, no floating-point floor below 7
+    (0, 100, 50, 5, 5),  # published base weights: only the fine-tuning was paid for
+]
+
+
+@pytest.mark.parametrize(("e0", "m0", "m1", "ef", "epochs"), SCRATCH_FULL)
+def test_scratch_full_epochs_table(e0, m0, m1, ef, epochs):
+    assert scratch_full_epochs(e0, m0, m1, ef) == epochs
+    # the same compute in MAC x epochs (one epoch more would exceed it)
+    assert epochs * m1 <= max(e0 * m0 + ef * m1, m1) < (epochs + 1) * m1
+
+
+def test_scratch_full_recipe_scales_the_milestones_like_scratch_b():
+    space = load_space("resnet56-cifar10")
+    arch = space.preset("A")
+    recipe = budget_recipe(RECIPES.get("cifar-paper"), "scratch-full", space, arch, pipeline=(160, 40))
+    expected = 160 * count(space.base).macs // count(arch).macs + 40
+    assert recipe.epochs == expected and recipe.milestones == (80 * expected // 160, 120 * expected // 160)
+    with pytest.raises(BudgetError, match="scratch-full needs the pipeline"):
+        budget_recipe(RECIPES.get("cifar-paper"), "scratch-full", space, arch)

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from prunenas.errors import PrunenasError
 from prunenas.masks import apply_masks
 from prunenas.proposers.slimming import BatchNormL1
 from prunenas.spaces import load_space
-from prunenas.train import Regularizer, TrainConfig, TrainingDiverged, lr_factor, train
+from prunenas.train import Regularizer, TrainConfig, TrainingDiverged, distillation_loss, lr_factor, train
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +195,64 @@ def test_the_slimming_penalty_is_as_strong_under_fp16_loss_scaling(tiny, synthet
     scaled = slimming_run(tiny, synthetic, 0.1)
     # a power-of-two scale is undone exactly, so the scales end where they end without loss scaling
     assert torch.allclose(bn_scales(scaled.model), bn_scales(plain.model), rtol=0, atol=1e-6)
+
+
+def test_distillation_loss_by_hand():
+    # two images, three classes; T = 2, weight 0.75, computed with the math module
+    student = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+    teacher = [[2.0, 0.0, 1.0], [1.0, 1.0, 2.0]]
+    labels, temperature, weight = [1, 2], 2.0, 0.75
+
+    def softmax(z):
+        e = [math.exp(v) for v in z]
+        return [v / sum(e) for v in e]
+
+    hard = sum(-math.log(softmax(s)[y]) for s, y in zip(student, labels)) / 2
+    soft = sum(sum(p * (math.log(p) - math.log(q)) for p, q in
+                   zip(softmax([v / temperature for v in t]), softmax([v / temperature for v in s])))
+               for s, t in zip(student, teacher)) / 2
+    expected = (1 - weight) * hard + weight * temperature**2 * soft
+    loss = distillation_loss(torch.tensor(student), torch.tensor(teacher), torch.tensor(labels), temperature, weight)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # weight 0: plain cross-entropy; a teacher equal to the student: no soft term
+    assert distillation_loss(torch.tensor(student), torch.tensor(teacher), torch.tensor(labels), 3.0,
+                             0.0).item() == pytest.approx(hard, rel=1e-6)
+    assert distillation_loss(torch.tensor(student), torch.tensor(student), torch.tensor(labels), 3.0,
+                             1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distilling_with_weight_zero_trains_exactly_as_without_a_teacher(tiny, synthetic):
+    plain = train(tiny, synthetic, config(epochs=2))
+    teacher = tiny.build()
+    distilled = train(tiny, synthetic, config(epochs=2, temperature=4.0, distill_weight=0.0), teacher=teacher)
+    assert [m["train_loss"] for m in distilled.curve] == pytest.approx([m["train_loss"] for m in plain.curve],
+                                                                      rel=1e-5)
+    assert distilled.val_acc == plain.val_acc
+    # the teacher is left as it was: frozen, no gradients
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_a_teacher_changes_the_training_and_needs_a_distilling_recipe(tiny, synthetic):
+    plain = train(tiny, synthetic, config(epochs=1))
+    teacher = train(tiny, synthetic, config(epochs=1, seed=5)).model
+    distilled = train(tiny, synthetic, config(epochs=1, temperature=4.0, distill_weight=0.9), teacher=teacher)
+    assert distilled.curve[0]["train_loss"] != pytest.approx(plain.curve[0]["train_loss"], rel=1e-3)
+    with pytest.raises(PrunenasError, match="a distilling recipe needs a teacher"):
+        train(tiny, synthetic, config(epochs=1, temperature=4.0, distill_weight=0.9))
+    with pytest.raises(PrunenasError, match="a distilling recipe needs a teacher"):
+        train(tiny, synthetic, config(epochs=1), teacher=teacher)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"temperature": 0.0, "distill_weight": 0.5}, "temperature: 0.0 must be a number > 0"),
+    ({"temperature": 2.0, "distill_weight": 1.5}, r"weight: 1.5 must be a number in \[0, 1\]"),
+    ({"temperature": 2.0}, "needs both temperature and distill_weight"),
+])
+def test_bad_distillation_settings(settings, message):
+    with pytest.raises(PrunenasError, match=message):
+        config(**settings)
+
+
+def test_distillation_settings_enter_the_key_only_when_set():
+    assert "temperature" not in config().identity()
+    assert config(temperature=4.0, distill_weight=0.9).identity()["temperature"] == 4.0

@@ -27,14 +27,14 @@ from prunenas.arch import from_dict
 from prunenas.budget import TOLERANCE, cost_error, within_tolerance
 from prunenas.cost import count
 from prunenas.errors import PrunenasError
-from prunenas.experiment import CONTROLS
+from prunenas.experiment import ARMS, CONTROLS
 from prunenas.latency import get_device, measure
 from prunenas.latency.cost import LATENCY_TOLERANCE
 from prunenas.proposers import load_proposal
 from prunenas.runs.rundir import RunDir
 from prunenas.runs.stats import MIN_PAIRED_SEEDS, format_percent, has_interval, mean_std, paired_difference
 
-ARM_ORDER = ("proposed", "uniform", "random", "finetune", "lottery")
+ARM_ORDER = ARMS
 METRICS = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}
 
 
@@ -53,6 +53,9 @@ class Group:
     base_widths: tuple[int, ...]
     slot_names: tuple[str, ...]
     arms: dict[tuple[str, str], dict[int, dict[str, Any]]] = field(default_factory=dict)
+    # with lr_grid: every learning rate's rows, ``lr_arms[(arm, budget)][lr][seed] = row``; ``arms`` holds the best's
+    lr_arms: dict[tuple[str, str], dict[float, dict[int, dict[str, Any]]]] = field(default_factory=dict)
+    best_lr: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def values(self, arm: str, budget: str, metric: str) -> dict[int, float]:
         rows = self.arms.get((arm, budget), {})
@@ -101,17 +104,34 @@ def collect(run: RunDir) -> list[Group]:
     for pid in plan["selected"]:
         proposal = load_proposal(run.proposal_path(pid))
         rows: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        by_lr: dict[tuple[str, str], dict[float, dict[int, dict[str, Any]]]] = {}
         for entry in plan["proposals"].get(pid, []):
             row = latest.get(entry["key"])
-            if row is not None:
-                rows.setdefault((entry["arm"], entry["budget"]), {})[entry["seed"]] = row
+            if row is None:
+                continue
+            slot = (entry["arm"], entry["budget"])
+            if "lr" in entry:  # an lr_grid run
+                by_lr.setdefault(slot, {}).setdefault(entry["lr"], {})[entry["seed"]] = row
+            else:
+                rows.setdefault(slot, {})[entry["seed"]] = row
+        best = {slot: best_learning_rate(rates) for slot, rates in by_lr.items()}
+        rows.update({slot: by_lr[slot][rate] for slot, rate in best.items()})
 
         cost = count(proposal.arch)
         arch = proposal.arch
         groups.append(Group(pid, proposal.method, proposal.params, proposal.target.to_dict(), cost.macs,
                             cost.params, proposal.provenance.get("base_val_acc"), arch.widths, arch.base_widths,
-                            tuple(s.name for s in arch.slots), rows))
+                            tuple(s.name for s in arch.slots), rows, by_lr, best))
     return groups
+
+
+def best_learning_rate(rates: Mapping[float, Mapping[int, Mapping[str, Any]]]) -> float:
+    """The learning rate whose ok rows have the highest mean *validation* accuracy over seeds (the test set never
+    picks); ties and rates without ok rows go to the smallest rate."""
+    def score(rate: float) -> float:
+        values = [r["val_acc"] for r in rates[rate].values() if r.get("status") == "ok"]
+        return statistics.fmean(values) if values else float("-inf")
+    return max(sorted(rates), key=score)
 
 
 # -- table ------------------------------------------------------------------------------------------------
@@ -237,6 +257,159 @@ def verdict(groups: Sequence[Group], metric: str = "test_acc") -> list[str]:
             lines.append(f"{where}: {100 * d['mean']:+.2f} points vs uniform, 95% CI [{100 * d['low']:+.2f}, "
                          f"{100 * d['high']:+.2f}] includes 0 (n={d['n']}) — no significant difference.")
     return lines
+
+
+# -- fine-tune / distill vs scratch ---------------------------------------------------------------------------
+
+# (label, arm, its budget or None for each scratch budget, reference arm, its budget or None, compute regime)
+COMPARISONS = (
+    ("fine-tune − scratch", "finetune", "finetune", "proposed", None, "post-pruning"),
+    ("distill − scratch", "distill", "finetune", "proposed", None, "post-pruning"),
+    ("teacher, from scratch: distill-scratch − scratch", "distill-scratch", None, "proposed", None, "post-pruning"),
+    ("inherited weights under a teacher: distill − distill-scratch", "distill", "finetune", "distill-scratch", None,
+     "post-pruning"),
+    ("widths under a teacher: distill-scratch − uniform-distill", "distill-scratch", None, "uniform-distill", None,
+     "post-pruning"),
+    ("fine-tune − scratch-full", "finetune", "finetune", "scratch-full", "scratch-full", "total"),
+    ("distill − scratch-full", "distill", "finetune", "scratch-full", "scratch-full", "total"),
+)
+
+
+def comparison_rows(groups: Sequence[Group], metric: str = "test_acc") -> list[dict[str, Any]]:
+    """Every :data:`COMPARISONS` entry a group has both arms of: the paired difference (95% CI) and the ratio of
+    the two arms' mean compute — post-pruning (``train_macs``) and whole pipeline (``pipeline_macs``) — so a
+    reader sees whether the comparison is at equal compute. Rows without ``compute`` give no ratio."""
+    out = []
+    for g in groups:
+        for label, arm, budget, ref, ref_budget, regime in COMPARISONS:
+            for scratch in g.budgets if budget is None or ref_budget is None else [None]:
+                a, b = (budget or scratch, ref_budget or scratch)
+                values, reference = g.values(arm, a, metric), g.values(ref, b, metric)
+                if not values or not reference:
+                    continue
+                where = "" if scratch is None else f" ({scratch})"
+                out.append({"method": g.method, "target": g.target_label, "comparison": label + where,
+                            "regime": regime, "difference": paired_difference(values, reference),
+                            "train_ratio": _compute_ratio(g, (arm, a), (ref, b), "train_macs"),
+                            "pipeline_ratio": _compute_ratio(g, (arm, a), (ref, b), "pipeline_macs")})
+    return out
+
+
+def _compute_ratio(g: Group, first: tuple[str, str], second: tuple[str, str], key: str) -> float | None:
+    means = [_mean_compute(g.arms.get(slot, {}), key) for slot in (first, second)]
+    return None if None in means else means[0] / means[1]
+
+
+def _mean_compute(rows: Mapping[int, Mapping[str, Any]], key: str) -> float | None:
+    values = [r["compute"][key] for r in rows.values() if r.get("status") == "ok" and "compute" in r]
+    return statistics.fmean(values) if values else None
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}×"
+
+
+def _significance(d: Mapping[str, float]) -> str:
+    if d["n"] < MIN_PAIRED_SEEDS or not has_interval(d):
+        return "not tested"
+    if d["low"] > 0 or d["high"] < 0:
+        return "better" if d["low"] > 0 else "worse"
+    return "no significant difference"
+
+
+def markdown_comparisons(groups: Sequence[Group], metric: str = "test_acc") -> str:
+    """The verdict table: fine-tune and distillation against scratch training, at post-pruning and total compute."""
+    lines = ["| method | target | comparison | regime | compute (post-pruning) | compute (pipeline) | "
+             "difference (95% CI) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in comparison_rows(groups, metric):
+        lines.append(f"| {r['method']} | {r['target']} | {r['comparison']} | {r['regime']} | "
+                     f"{_ratio(r['train_ratio'])} | {_ratio(r['pipeline_ratio'])} | {_diff(r['difference'])} | "
+                     f"{_significance(r['difference'])} |")
+    lines.append(f"\n{METRICS[metric].capitalize()} difference in points, paired by seed, each arm at its best "
+                 "validation learning rate (with `lr_grid`); compute = the first arm's mean compute / the second's "
+                 "(post-pruning: this training in MAC × images, a teacher's forward pass included; pipeline: plus the "
+                 "base-model training it depended on). A comparison is at equal compute where its ratio is ~1×; "
+                 "`scratch-full` trains with the whole prune pipeline's compute (base training + fine-tuning).")
+    return "\n".join(lines)
+
+
+def teacher_lines(groups: Sequence[Group]) -> list[str]:
+    """The teacher of each method's distillation arms: its base model and validation accuracy."""
+    seen, lines = set(), []
+    for g in groups:
+        row = next((g.row(arm) for arm in ("distill", "distill-scratch", "uniform-distill") if g.row(arm)), None)
+        key = (row or {}).get("compute", {}).get("base_model")
+        if row is None or (g.method, key) in seen:
+            continue
+        seen.add((g.method, key))
+        lines.append(f"{g.method}: the base model{f' {key}' if key else ''}, validation accuracy "
+                     f"{format_percent(g.base_val_acc)}%")
+    return lines
+
+
+def markdown_lr_sensitivity(groups: Sequence[Group]) -> str:
+    """Accuracy of every arm at every learning rate of ``lr_grid``; the rate each arm is reported at in bold."""
+    rates = sorted({rate for g in groups for by_rate in g.lr_arms.values() for rate in by_rate})
+    lines = ["| method | target | arm | budget | " + " | ".join(f"lr {rate:g}" for rate in rates) + " |",
+             "|" + "---|" * (4 + len(rates))]
+    for g in groups:
+        for (arm, budget), by_rate in sorted(g.lr_arms.items(), key=lambda item: _arm_rank(item[0])):
+            cells = []
+            for rate in rates:
+                test = mean_std(_ok(by_rate.get(rate, {}), "test_acc"))
+                val = mean_std(_ok(by_rate.get(rate, {}), "val_acc"))
+                cell = "-" if test[2] == 0 else f"{format_percent(test[0])} ± {format_percent(test[1])} " \
+                                                f"(val {format_percent(val[0])})"
+                cells.append(f"**{cell}**" if rate == g.best_lr[(arm, budget)] and cell != "-" else cell)
+            lines.append(f"| {g.method} | {g.target_label} | {arm} | {budget} | " + " | ".join(cells) + " |")
+    lines.append("\nTest accuracy in %, mean ± std over seeds (validation accuracy in brackets); each arm is reported "
+                 "at the learning rate in bold, the best by mean validation accuracy — every arm is trained at every "
+                 "rate.")
+    return "\n".join(lines)
+
+
+def _ok(rows: Mapping[int, Mapping[str, Any]], metric: str) -> list[float]:
+    return [r[metric] for r in rows.values() if r.get("status") == "ok" and r.get(metric) is not None]
+
+
+def _arm_rank(slot: tuple[str, str]) -> tuple[int, str]:
+    arm, budget = slot
+    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), budget)
+
+
+def plot_accuracy_vs_compute(groups: Sequence[Group], path: Path, metric: str = "test_acc") -> list[Path]:
+    """Accuracy vs compute of every arm (mean ± std over seeds): post-pruning training compute on the left, the
+    whole pipeline's on the right."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, key, title in ((axes[0], "train_macs", "post-pruning training"), (axes[1], "pipeline_macs", "pipeline")):
+        for arm in arms_present(groups):
+            xs, ys, es = [], [], []
+            for g in groups:
+                for (a, budget), rows in sorted(g.arms.items()):
+                    compute, values = _mean_compute(rows, key), list(g.values(a, budget, metric).values())
+                    if a == arm and compute is not None and values:
+                        mean, std, _ = mean_std(values)
+                        xs.append(compute)
+                        ys.append(100 * mean)
+                        es.append(100 * std)
+            if xs:
+                ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=3, label=arm)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{title} compute (MAC × images)")
+        ax.set_title(f"{METRICS[metric].capitalize()} vs {title} compute")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{METRICS[metric]} (%)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plots_compute(groups: Sequence[Group]) -> bool:
+    """Whether the report draws accuracy vs compute: rows carry their compute (rows written before compute
+    accounting do not) and some arm is more than a scratch training and its controls."""
+    return any("compute" in r for g in groups for rows in g.arms.values() for r in rows.values()) and \
+        any(a not in (*CONTROLS, "proposed") for a in arms_present(groups))
 
 
 # -- latency ----------------------------------------------------------------------------------------------
@@ -403,6 +576,8 @@ def write_report(run: RunDir, out: str | os.PathLike | None = None, fmt: str = "
     if groups:
         for paths in (plot_accuracy_vs_macs(groups, out / "accuracy_vs_macs"), plot_widths(groups, out / "widths")):
             written["files"] += [p.name for p in paths]
+        if plots_compute(groups):
+            written["files"] += [p.name for p in plot_accuracy_vs_compute(groups, out / "accuracy_vs_compute")]
         if latency:
             records = latency_table(run, groups)
             (out / "latency.md").write_text(markdown_latency(records) + "\n")
@@ -416,7 +591,7 @@ def report_data(state: Mapping[str, Any], groups: Sequence[Group]) -> dict[str, 
     ``MIN_PAIRED_SEEDS`` pairs, no mean without values) is ``None``: JSON has no NaN."""
     return finite_or_none({"run": state.get("name"), "status": state.get("status"),
                            "test": table_rows(groups, "test_acc"), "validation": table_rows(groups, "val_acc"),
-                           "verdict": verdict(groups)})
+                           "verdict": verdict(groups), "comparisons": comparison_rows(groups)})
 
 
 def finite_or_none(value: Any) -> Any:
@@ -451,6 +626,7 @@ def _markdown(run: RunDir, state: Mapping[str, Any], groups: Sequence[Group]) ->
                   markdown_table(groups, "test_acc"), "",
                   "## Validation accuracy (what the search ranked by)", "", markdown_table(groups, "val_acc"), "",
                   "## Verdict", "", *[f"- {line}" for line in verdict(groups)], "",
+                  *_compute_fair_sections(groups),
                   "## Cost of the controls", "", markdown_controls(groups), "",
                   "Plots: `accuracy_vs_macs.png` (test accuracy vs MACs, uniform twins as a curve, the Pareto front "
                   "of the proposals by validation accuracy), "
@@ -462,6 +638,23 @@ def _markdown(run: RunDir, state: Mapping[str, Any], groups: Sequence[Group]) ->
                   f"{str(r.get('error', '')).replace('|', '/')[:120]} |" for r in failed]
         parts.append("")
     return "\n".join(parts)
+
+
+def _compute_fair_sections(groups: Sequence[Group]) -> list[str]:
+    """The fine-tune / distillation verdict table, the teachers and the LR sensitivity — for the runs that have
+    those arms or an ``lr_grid`` (nothing for the others, whose reports stay as they were)."""
+    parts = []
+    if comparison_rows(groups):
+        teachers = teacher_lines(groups)
+        parts += ["## Fine-tune and distillation vs scratch training", "", markdown_comparisons(groups), ""]
+        if teachers:
+            parts += ["Teachers (the methods' base models): " + "; ".join(teachers) + ".", ""]
+    if any(g.lr_arms for g in groups):
+        parts += ["## Learning-rate sensitivity", "", markdown_lr_sensitivity(groups), ""]
+    if plots_compute(groups):
+        parts += ["Plot: `accuracy_vs_compute.png` (every arm's accuracy vs its post-pruning and pipeline compute).",
+                  ""]
+    return parts
 
 
 def _csv(groups: Sequence[Group]) -> str:

@@ -9,9 +9,25 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from prunenas.budget import TOLERANCE, cost_of, scratch_epochs, tolerance_of
+from prunenas.budget import (
+    TOLERANCE,
+    Schedule,
+    cost_of,
+    scale_milestones,
+    scratch_epochs,
+    scratch_full_epochs,
+    tolerance_of,
+)
 from prunenas.cost import count
-from prunenas.experiment import Experiment, Range, Setting, setting_values, target_choices, target_setting
+from prunenas.experiment import (
+    TEACHER_ARMS,
+    Experiment,
+    Range,
+    Setting,
+    setting_values,
+    target_choices,
+    target_setting,
+)
 from prunenas.proposers import PROPOSERS, Proposal, Target
 from prunenas.recipes import RECIPES
 from prunenas.spaces import Space
@@ -240,22 +256,26 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
         per_budget[budget] = sorted({scratch_epochs(budget, epochs, base_macs, int(_target_macs(exp, t)),
                                                     exp.space.scratch_b_cap, recipe.milestones)
                                      for t in planned if only is None or t in only}, key=lambda s: s.epochs)
+    per_budget["scratch-full"] = sorted({_scratch_full(exp, recipe.milestones, epochs, base_macs, _target_macs(exp, t))
+                                         for t in planned}, key=lambda s: s.epochs)
     n_proposals = samples if exp.select != "top-k" else min(samples, exp.top_k)
     evaluations = []
+    lr_trials = len(exp.lr_grid or [None])
     for arm in exp.arms:
-        budgets = ["finetune"] if arm == "finetune" else list(exp.budgets)
-        for budget in budgets:
+        teacher = base_macs if arm in TEACHER_ARMS else 0  # a forward pass is ~1/3 of a training step
+        for budget in exp.arm_budgets(arm):
             schedules = [finetune] if budget == "finetune" else per_budget[budget]
             epoch_list = [s.epochs for s in schedules]
             mean_epochs = sum(epoch_list) / len(epoch_list)
             only = exp.budget_targets.get(budget)
             share = 1.0 if only is None else sum(t in only for t in planned) / len(planned)
-            n = round(n_proposals * share) * len(exp.eval_seeds)
+            n = round(n_proposals * share) * len(exp.eval_seeds) * lr_trials
             lr = (finetune.lr if budget == "finetune" else recipe.lr) if exp.lr is None or budget == "finetune" \
                 else _lr_plan(exp.lr)
             evaluations.append({"arm": arm, "budget": budget, "trials": n, "epochs": epoch_list,
-                                "milestones": [list(s.milestones) for s in schedules], "lr": lr,
-                                "cost": n * mean_macs * train_images * mean_epochs})
+                                "milestones": [list(s.milestones) for s in schedules],
+                                "lr": list(exp.lr_grid) if exp.lr_grid else lr,
+                                "cost": n * (mean_macs + teacher / 3) * train_images * mean_epochs})
     phases = {
         "base_models": {"trials": len(bases), "specs": [{"method": m, "regularizer": s.to_dict() if s else None}
                                                         for m, s in bases],
@@ -270,6 +290,13 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
     }
     phases["total_cost"] = sum(p["cost"] for p in phases.values() if isinstance(p, dict))
     return phases
+
+
+def _scratch_full(exp: Experiment, milestones: tuple[int, ...], epochs: int, base_macs: int,
+                  macs: float) -> Schedule:
+    """The ``scratch-full`` schedule at a target's MACs (budget.scratch_full_epochs, milestones scaled)."""
+    full = scratch_full_epochs(exp.base_schedule_epochs, base_macs, max(1, int(macs)), exp.finetune_schedule_epochs)
+    return Schedule(full, scale_milestones(milestones, epochs, full))
 
 
 def _lr_plan(setting: Setting) -> Any:

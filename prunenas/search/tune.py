@@ -422,8 +422,8 @@ def _phase_evaluate(ctx: Context) -> int:
     for pid in chosen:
         for training in evaluation_trials(ctx, proposals[pid], pid, lrs[pid]):
             key = training_key(ctx, training)
-            plan.setdefault(pid, []).append({"arm": training.arm, "budget": training.budget,
-                                             "seed": training.seed, "key": key})
+            entry = {"arm": training.arm, "budget": training.budget, "seed": training.seed, "key": key}
+            plan.setdefault(pid, []).append({**entry, "lr": training.lr} if exp.lr_grid else entry)
             trainings[key] = training
     ctx.run.write_json("plan.json", {"selected": chosen, "select": exp.select, "proposals": plan})
     todo = _unevaluated(ctx, trainings)

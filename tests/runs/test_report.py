@@ -98,3 +98,37 @@ def test_latency_md_times_each_proposal_against_its_twin_on_the_latency_core(tmp
     (record,) = report.latency_table(SimpleNamespace(proposals_dir=tmp_path), [g], batches=(8,))
     assert 0 < record["proposed_ms_b8"] < record["uniform_ms_b8"]
     assert "Fastest of 15 interleaved CPU forward passes" in report.markdown_latency([record], batches=(8,))
+
+
+def _rows(values, train_macs, pipeline_macs):
+    return {s: {"status": "ok", "test_acc": v, "val_acc": v, "macs": MACS,
+                "compute": {"train_macs": train_macs, "pipeline_macs": pipeline_macs}} for s, v in values.items()}
+
+
+def test_fine_tune_and_distillation_verdicts_pair_seeds_and_state_each_regimes_compute():
+    scratch, finetune = {0: 0.80, 1: 0.82, 2: 0.81}, {0: 0.83, 1: 0.84, 2: 0.85}
+    rows = {("proposed", "scratch-e"): _rows(scratch, 100, 100), ("finetune", "finetune"): _rows(finetune, 100, 500),
+            ("scratch-full", "scratch-full"): _rows({0: 0.86, 1: 0.84, 2: 0.87}, 500, 500)}
+    g = Group("p", "l1-norm", {}, {"ratio": 0.35}, MACS, 1, 0.9, (8,), (16,), ("conv1",), rows)
+    by_label = {r["comparison"]: r for r in report.comparison_rows([g])}
+    assert set(by_label) == {"fine-tune − scratch (scratch-e)", "fine-tune − scratch-full"}
+    post, total = by_label["fine-tune − scratch (scratch-e)"], by_label["fine-tune − scratch-full"]
+    # differences 0.03, 0.02, 0.04: mean 0.03, sd 0.01, t(2) = 4.3027 -> half-width 0.02484
+    assert post["difference"]["mean"] == pytest.approx(0.03) and post["difference"]["n"] == 3
+    assert post["difference"]["high"] - post["difference"]["mean"] == pytest.approx(4.302653 * 0.01 / 3**0.5)
+    assert (post["regime"], post["train_ratio"], post["pipeline_ratio"]) == ("post-pruning", 1.0, 5.0)
+    assert (total["regime"], total["train_ratio"], total["pipeline_ratio"]) == ("total", 0.2, 1.0)
+    table = report.markdown_comparisons([g])
+    assert "| l1-norm | 0.35 | fine-tune − scratch (scratch-e) | post-pruning | 1.00× | 5.00× | +3.00 [" in table
+    assert "| better |" in table  # 95% CI [+0.52, +5.48] excludes 0
+
+
+def test_each_arm_is_reported_at_its_best_validation_learning_rate():
+    def rates(val_by_rate):
+        return {rate: {s: {"status": "ok", "val_acc": v, "test_acc": 1 - v} for s, v in enumerate(vals)}
+                for rate, vals in val_by_rate.items()}
+    assert report.best_learning_rate(rates({0.05: [0.8, 0.9], 0.1: [0.86, 0.86]})) == 0.1  # 0.86 > 0.85
+    assert report.best_learning_rate(rates({0.1: [0.8], 0.05: [0.8]})) == 0.05  # a tie: the smaller rate
+    failed = rates({0.05: [0.7], 0.1: [0.9]})
+    failed[0.1][0]["status"] = "diverged"
+    assert report.best_learning_rate(failed) == 0.05
