@@ -20,7 +20,7 @@ from prunenas.cli.train import run_training
 from prunenas.cost import count, format_macs
 from prunenas.data import planned_train_images
 from prunenas.errors import PrunenasError
-from prunenas.experiment import load_experiment
+from prunenas.experiment import Experiment, experiment_from_dict, load_experiment
 from prunenas.proposers import PROPOSERS
 from prunenas.proposers.basemodel import list_entries, remove_entry
 from prunenas.recipes import RECIPES
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="training epochs of every arm (overrides recipe.epochs)")
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray instance without its dashboard")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    _add_workers_flag(p)
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("report", help="tables, verdict, latency and plots of a run folder (finished or running)")
@@ -312,9 +313,27 @@ def cmd_propose(args: argparse.Namespace) -> int:
     return run_propose(args)
 
 
+def _add_workers_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="data-parallel workers per trial; resources.cpu and .gpu are then "
+                   "per worker (overrides resources.workers)")
+
+
+def _with_workers(exp: Experiment, workers: int | None) -> Experiment:
+    """``exp`` with ``--workers``, validated as the file's ``resources.workers`` is (batch split, at least 1)."""
+    if workers is None:
+        return exp
+    if workers < 1:
+        raise PrunenasError(f"--workers {workers} must be at least 1")
+    try:
+        return experiment_from_dict(exp.with_overrides(workers=workers).source, exp.name)
+    except PrunenasError as err:
+        raise PrunenasError(f"--workers {workers}: {str(err).removeprefix('resources.workers: ')}") from None
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     exp = load_experiment(args.experiment).with_overrides(
         num_samples=args.num_samples, concurrency=args.concurrency, sampler=args.sampler, epochs=args.epochs)
+    exp = _with_workers(exp, args.workers)
     if args.num_samples is not None and args.num_samples < 1:
         raise PrunenasError(f"--num-samples {args.num_samples} must be >= 1")
     if args.dry_run:
