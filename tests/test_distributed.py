@@ -79,7 +79,8 @@ def first_steps(epochs=1, regularizer=None):
 
 
 def short_training():
-    config = TrainConfig.from_recipe("fast", epochs=2, threads=1)
+    """2 epochs of batch 32 on 1,024 images: ~70% validation accuracy (chance: 10%)."""
+    config = TrainConfig.from_recipe("fast", epochs=2, batch_size=32, threads=1)
     result = train(small_vgg(), fashion(), config, evaluate_test=False)
     timings = ("seconds", "train_seconds", "images_per_s")
     return {"val_acc": result.val_acc, "curve": [{k: v for k, v in m.items() if k not in timings}
@@ -174,7 +175,8 @@ def test_short_vgg11_training_on_two_workers_ends_near_the_one_worker_run(tmp_pa
     one = short_training()
     two, other = run_on_workers(short_training, tmp_path)
     assert two == other  # every worker reports the whole run's numbers
-    # same global batches and schedule: only float rounding separates the runs (measured: ~1e-3 apart)
+    # same global batches and schedule: only float rounding separates the runs
+    assert one["val_acc"] > 0.5
     assert two["val_acc"] == pytest.approx(one["val_acc"], abs=0.02)
     for a, b in zip(two["curve"], one["curve"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.02)

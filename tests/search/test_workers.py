@@ -1,5 +1,6 @@
 """A trial on two Ray Train workers launched from inside a Tune trial (Train V2), on CPU (gloo)."""
 
+import json
 import os
 import signal
 
@@ -15,7 +16,7 @@ from prunenas.experiment import experiment_from_dict
 from prunenas.search.workers import DRIVER_RESOURCES, WorkerTrainer, check_cluster_fits, trials_at_once
 from prunenas.spaces import load_space
 from prunenas.train import Regularizer, TrainConfig, train
-from tests.search.search_helpers import EXPERIMENT
+from tests.search.search_helpers import EXPERIMENT, cli, write
 
 
 class KillWorkerOnce(Regularizer):
@@ -82,3 +83,15 @@ def test_a_trial_larger_than_the_cluster_is_refused_with_what_it_has():
                           {"CPU": 6.0}) == 2  # concurrency 2 caps the 3 that fit
     assert trials_at_once(experiment_from_dict({**EXPERIMENT, "concurrency": 8, "resources": {"workers": 2}}),
                           {"CPU": 6.0}) == 3
+
+
+def test_workers_that_do_not_split_the_batch_are_refused_and_the_dry_run_shows_them(tmp_path):
+    path = write(tmp_path, {**EXPERIMENT, "resources": {"workers": 2, "cpu": 1}})
+    proc = cli("search", path, "--dry-run", "--workers", "3")
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(
+        "--workers 3: batch size 128 does not split over 3 workers: use a batch size divisible by 3, or a number of "
+        "workers that divides 128 (recipe.name fast)")
+    proc = cli("search", path, "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["resources"] == {"workers": 2, "cpu_per_worker": 1, "gpu_per_worker": None,
+                                                    "batch_per_worker": 64, "cost_share_per_worker": 0.5}
