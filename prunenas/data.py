@@ -28,6 +28,7 @@ import torchvision
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from prunenas.distributed import shard_bounds
 from prunenas.errors import PrunenasError
 from prunenas.registry import Registry
 
@@ -50,7 +51,8 @@ class Split(Protocol):
     def __len__(self) -> int: ...
 
     def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
-                generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[Batch]: ...
+                generator: torch.Generator | None = None, drop_last: bool = False,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]: ...
 
 
 @dataclass
@@ -74,24 +76,40 @@ class TensorSplit:
                        mean=self.mean.to(device), std=self.std.to(device))
 
     def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
-                generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[Batch]:
-        n = len(self)
-        order = torch.randperm(n, generator=generator).to(self.images.device) if shuffle else None
-        stop = n - n % batch_size if drop_last and n >= batch_size else n
-        for start in range(0, stop, batch_size):
-            index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
-            x = self.images[index].float().div_(255)
+                generator: torch.Generator | None = None, drop_last: bool = False,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+        """Batches of ``batch_size`` images; with ``shard = (rank, workers)``, worker ``rank``'s slice of each
+        global batch (the same permutation and augmentation draws on every worker)."""
+        for index in batch_indices(len(self), batch_size, shuffle, generator, drop_last):
+            first, stop = shard_bounds(len(index), *shard)
+            mine = index[first:stop].to(self.images.device)
+            x = self.images[mine].float().div_(255)
             if augment:
-                x = augment_batch(x, self.augmentation, generator)
-            yield (x - self.mean) / self.std, self.labels[index]
+                x = augment_batch(x, self.augmentation, generator, first=first, total=len(index))
+            yield (x - self.mean) / self.std, self.labels[mine]
 
 
-def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | None) -> torch.Tensor:
-    """Random crop (zero padding ``aug.crop_pad``) and horizontal flip, vectorised over the batch."""
+def batch_indices(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None,
+                  drop_last: bool) -> Iterator[torch.Tensor]:
+    """Row indices of each global batch of an ``n``-row split (a ``generator`` permutation when ``shuffle``)."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | None, *, first: int = 0,
+                  total: int | None = None) -> torch.Tensor:
+    """Random crop (zero padding ``aug.crop_pad``) and horizontal flip, vectorised over the batch.
+
+    ``x`` may be rows ``first:first + len(x)`` of a global batch of ``total`` images (one worker's shard): the
+    draws are made for all ``total`` and the shard's are used, so every image is augmented as on one worker."""
     n, _, h, w = x.shape
+    total = n if total is None else total
+    mine = slice(first, first + n)
     if aug.crop_pad:
         p = aug.crop_pad
-        shifts = torch.randint(0, 2 * p + 1, (2, n), generator=generator).to(x.device)
+        shifts = torch.randint(0, 2 * p + 1, (2, total), generator=generator)[:, mine].to(x.device)
         padded = F.pad(x, (p, p, p, p))
         rows = (torch.arange(h, device=x.device)[None, :] + shifts[0][:, None])[:, None, :, None]
         cols = (torch.arange(w, device=x.device)[None, :] + shifts[1][:, None])[:, None, None, :]
@@ -99,7 +117,7 @@ def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | No
         channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = padded[batch, channel, rows, cols]
     if aug.flip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        flip = (torch.rand(total, generator=generator)[mine] < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     return x
 
@@ -439,11 +457,14 @@ class FolderSplit:
         return self  # batches are moved to the device by the trainer
 
     def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
-                generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[Batch]:
+                generator: torch.Generator | None = None, drop_last: bool = False,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+        """Decoded batches; with ``shard = (rank, workers)``, worker ``rank``'s slice of each global batch."""
         view = self.train_view if augment else self.eval_view
-        loader = DataLoader(Subset(view, self.indices), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                            num_workers=self.workers, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                            persistent_workers=False)
+        shards = [index[slice(*shard_bounds(len(index), *shard))].tolist()
+                  for index in batch_indices(len(self), batch_size, shuffle, generator, drop_last)]
+        loader = DataLoader(Subset(view, self.indices), batch_sampler=shards, num_workers=self.workers,
+                            generator=generator, pin_memory=torch.cuda.is_available(), persistent_workers=False)
         yield from loader
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from prunenas.budget import CostKind, cost_of, scratch_epochs
 from prunenas.data import DATASETS
+from prunenas.distributed import check_batch_split
 from prunenas.errors import PrunenasError
 from prunenas.fileio import read_text
 from prunenas.latency.cost import latency_cost
@@ -44,7 +45,8 @@ OBJECTIVES = (("val_acc",), ("val_acc", "macs"))
 SCHEDULERS = ("none", "asha")
 # Experiment fields that command-line flags override -> their place in the YAML (section, key).
 OVERRIDE_KEYS = {"num_samples": ("search", "num_samples"), "concurrency": (None, "concurrency"),
-                 "sampler": ("search", "sampler"), "epochs": ("recipe", "epochs"), "data_root": ("data", "root")}
+                 "sampler": ("search", "sampler"), "epochs": ("recipe", "epochs"), "data_root": ("data", "root"),
+                 "workers": ("resources", "workers")}
 TOP_KEYS = {"name", "space", "data", "base", "proposers", "targets", "arms", "budgets", "seeds", "recipe",
             "finetune", "search", "scheduler", "resources", "concurrency", "storage", "address", "max_failures",
             "description", "expected", "distill", "lr_grid"}
@@ -134,8 +136,9 @@ class Experiment:
     top_k: int = 3
     enqueue: bool = True
     scheduler: str = "none"
-    cpu: float = 1.0
-    gpu: float | None = None  # None: one GPU per trial when the cluster has GPUs, else none
+    cpu: float = 1.0  # per worker
+    gpu: float | None = None  # per worker; None: one GPU per worker when the cluster has GPUs, else none
+    workers: int = 1  # data-parallel workers per trial (Ray Train); the trial's own driver then takes no CPU
     concurrency: int | None = None
     storage: str = "runs"
     address: str | None = None
@@ -214,7 +217,7 @@ SECTION_KEYS = {
     "seeds": {"search", "eval"},
     "recipe": {"name", "epochs", "lr"},
     "search": {"sampler", "num_samples", "objectives", "direct", "select", "top_k", "enqueue"},
-    "resources": {"cpu", "gpu"},
+    "resources": {"cpu", "gpu", "workers"},
     "finetune": {"recipe", "epochs"},
     "distill": {"temperature", "weight"},
 }
@@ -273,6 +276,7 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
         scheduler=root.choice("scheduler", SCHEDULERS, default="none"),
         cpu=resources.get("cpu", (int, float), default=1.0, minimum=0.01),
         gpu=resources.get("gpu", (int, float), default=None, minimum=0.0),
+        workers=resources.get("workers", int, default=1, minimum=1),
         concurrency=root.get("concurrency", int, minimum=1),
         storage=root.get("storage", str, default="runs"),
         address=root.get("address", str),
@@ -575,6 +579,7 @@ def _objectives(search: _Reader) -> tuple[str, ...]:
 
 def _cross_checks(exp: Experiment) -> None:
     _check_base_arms(exp)
+    _check_batches_split(exp)
     for method in exp.proposers:
         if not target_choices(exp, method):
             raise ExperimentError(f"proposers.{method}: no target to propose at ({method} has no presets); "
@@ -637,6 +642,18 @@ def _longest_student(exp: Experiment) -> tuple[int, str]:
     cap = exp.space.scratch_b_cap
     return max(scratch_epochs("scratch-b", epochs, base_macs, max(1, int(r * base_macs)), cap).epochs
                for r in ratios), "scratch-b"
+
+
+def _check_batches_split(exp: Experiment) -> None:
+    """Every recipe the experiment trains with has a global batch that splits over ``resources.workers``."""
+    recipes = {"recipe.name": exp.recipe, "base.recipe": exp.base_recipe}
+    if "finetune" in exp.arms:
+        recipes["finetune.recipe"] = exp.finetune_recipe
+    for where, name in recipes.items():
+        try:
+            check_batch_split(RECIPES.get(name).batch_size, exp.workers)
+        except PrunenasError as err:
+            raise ExperimentError(f"resources.workers: {err} ({where} {name})") from None
 
 
 def _check_published_base(exp: Experiment) -> None:

@@ -5,6 +5,11 @@ and dropout of epoch *e* depend only on ``(seed, e)``), with checkpoint/resume o
 after every epoch, a divergence check, masked training for unstructured architectures, and the CUDA path
 (bf16/fp16 autocast, channels-last, device-resident data, optional ``torch.compile``).
 
+Called in every process of a ``torch.distributed`` group (N workers), it trains data-parallel with the same
+meaning: the recipe's global batch and schedule, each worker a disjoint slice of every global batch, gradients
+averaged by DDP, BatchNorm over the global batch (:mod:`prunenas.distributed`), metrics summed over the workers,
+checkpoints written by rank 0.
+
 The reported accuracies are those of the *final* epoch: validation (for ranking) and test (for the report,
 read once at the end) — never the best epoch picked on the test set.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -22,9 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunenas import distributed
 from prunenas.arch import Architecture
 from prunenas.cost import count
 from prunenas.data import Data, Split
+from prunenas.distributed import check_batch_split, world
 from prunenas.errors import PrunenasError, TrainingDiverged
 from prunenas.faults import fault_point
 from prunenas.fileio import atomic_write_bytes
@@ -181,6 +189,9 @@ class TrainResult:
 
 
 EpochCallback = Callable[[dict[str, float]], None]
+Trainer = Callable[..., TrainResult]
+"""What trains a network: :func:`train` itself, or a launcher that runs it with the same arguments in every worker
+of a data-parallel group and returns rank 0's result (``prunenas.search.workers``)."""
 
 
 def train(
@@ -194,6 +205,7 @@ def train(
     evaluate_test: bool = True,
     arch: Architecture | None = None,
     teacher: nn.Module | None = None,
+    global_batchnorm: bool = True,
 ) -> TrainResult:
     """Train ``target`` (an Architecture, built and initialised from ``config.seed``, or a ready model).
 
@@ -208,6 +220,8 @@ def train(
         arch: the architecture of a ready ``target`` model, for the MAC count.
         teacher: the network whose logits a distilling config (``temperature``, ``distill_weight``) learns
             from; it stays frozen in eval mode and sees the same (augmented) batches.
+        global_batchnorm: on several workers, BatchNorm statistics over the global batch (as on one worker);
+            ``False`` keeps each worker's own.
 
     Raises:
         TrainingDiverged: the loss became NaN/inf (with epoch and step).
@@ -216,12 +230,16 @@ def train(
     if config.distills != (teacher is not None):
         raise PrunenasError("a distilling recipe needs a teacher, and a teacher needs a distilling recipe "
                             f"(temperature {config.temperature}, distill_weight {config.distill_weight})")
+    rank, workers = world()
+    check_batch_split(config.batch_size, workers)
     regularizer = regularizer or Regularizer()
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
+    device = worker_device(resolve_device(config.device))
     arch = target if isinstance(target, Architecture) else arch
     model = _model_on_device(target, config, device, regularizer)
+    if workers > 1 and global_batchnorm:
+        distributed.global_batchnorm(model)
     teacher = _frozen(teacher, device, _channels_last(config, device)) if teacher is not None else None
     data = data.to(device)
     run = _Run(model, data, config, device, regularizer, teacher)
@@ -229,12 +247,15 @@ def train(
     for epoch in range(start, config.epochs):
         metrics = run.epoch(epoch)
         if checkpoint:
-            run.save(checkpoint, epoch + 1)
+            if rank == 0:
+                run.save(checkpoint, epoch + 1)
+            distributed.barrier()  # no worker runs ahead of a checkpoint a restarted group would resume from
             fault_point("train.checkpoint", epoch=epoch + 1)
         if on_epoch:
             on_epoch(metrics)
     val_acc, val_loss = run.evaluate(data.val)
     test_acc, test_loss = run.evaluate(data.test) if evaluate_test else (None, None)
+    distributed.local_batchnorm(model)
     trained_images = sum(m["images"] for m in run.curve)
     train_seconds = sum(m["train_seconds"] for m in run.curve)
     return TrainResult(
@@ -278,6 +299,13 @@ def evaluate_on_test(model: nn.Module, data: Data, config: TrainConfig) -> tuple
                     _amp_dtype(config.amp, device))
 
 
+def worker_device(device: torch.device) -> torch.device:
+    """On several workers, a bare ``cuda`` means this worker's GPU (``LOCAL_RANK``, set by the launcher)."""
+    if device.type == "cuda" and device.index is None and world()[1] > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return device
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -316,7 +344,11 @@ class _Run:
                  regularizer: Regularizer, teacher: nn.Module | None = None) -> None:
         self.model, self.data, self.config, self.device, self.regularizer = model, data, config, device, regularizer
         self.teacher = teacher
-        self.forward = torch.compile(model) if config.compile else model
+        self.rank, self.workers = world()
+        self.shard = (self.rank, self.workers)
+        # the trainer's forward; evaluation runs each worker's shard through the bare model, no gradient sync
+        self.evaluated = torch.compile(model) if config.compile else model
+        self.forward = self.evaluated if self.workers == 1 else self._data_parallel(model)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov and config.momentum > 0,
                                          weight_decay=config.weight_decay)
@@ -332,29 +364,35 @@ class _Run:
         self.curve: list[dict[str, float]] = []
         self.steps = 0
 
+    def _data_parallel(self, model: nn.Module) -> nn.Module:
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda"
+                                                  else None)
+        return torch.compile(ddp) if self.config.compile else ddp
+
     def epoch(self, epoch: int) -> dict[str, float]:
-        torch.manual_seed(derived_seed(self.config.seed, epoch))
+        # dropout: one stream per worker (rank 0's is the one-worker stream), so workers' masks are independent
+        torch.manual_seed(derived_seed(self.config.seed, epoch, 0 if self.rank == 0 else 1 + self.rank))
         generator = torch.Generator().manual_seed(derived_seed(self.config.seed, epoch, 1))
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        images, started = 0, time.perf_counter()
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, images
+        started = time.perf_counter()
         batches = self.data.train.batches(self.config.batch_size, shuffle=True, augment=self.config.augment,
-                                          generator=generator, drop_last=True)
+                                          generator=generator, drop_last=True, **self._sharded())
         for step, (x, y) in enumerate(batches):
             loss, out, y = self._step(x, y, epoch, step)
-            loss_sum += loss.detach() * len(y)
-            correct += (out.argmax(1) == y).sum()
-            images += len(y)
+            totals += torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double(),
+                                   torch.tensor(float(len(y)), device=self.device, dtype=torch.float64)])
         self._sync()
         train_seconds = time.perf_counter() - started
         self.regularizer.end_epoch(self.model, epoch)
         val_acc, val_loss = self.evaluate(self.data.val)
-        train_loss = loss_sum.item() / max(1, images)
+        loss_sum, correct, images = distributed.all_reduce_sum(totals).tolist()
+        images = int(images)
+        train_loss = loss_sum / max(1, images)
         if not math.isfinite(train_loss):
             raise TrainingDiverged(epoch, self.steps, train_loss)
         metrics = {"epoch": epoch + 1, "epochs": self.config.epochs, "train_loss": train_loss,
-                   "train_acc": correct.item() / max(1, images), "val_acc": val_acc, "val_loss": val_loss,
+                   "train_acc": correct / max(1, images), "val_acc": val_acc, "val_loss": val_loss,
                    "lr": self.optimizer.param_groups[0]["lr"], "images": images, "train_seconds": train_seconds,
                    "images_per_s": images / train_seconds if train_seconds else 0.0,
                    "seconds": time.perf_counter() - started}
@@ -367,8 +405,11 @@ class _Run:
             out = self.forward(x)
             loss = self._loss(x, out, y)
         # A CPU check is free; on CUDA it would stall the pipeline, so it runs every 32 steps and per epoch.
-        if (self.device.type == "cpu" or step % 32 == 0) and not torch.isfinite(loss):
-            raise TrainingDiverged(epoch + 1, self.steps, float(loss))
+        # Workers check the loss summed over all of them, so they all stop at the same step or none does.
+        if (self.device.type == "cpu" or step % 32 == 0):
+            checked = distributed.all_reduce_sum(loss.detach().float().clone())
+            if not torch.isfinite(checked):
+                raise TrainingDiverged(epoch + 1, self.steps, float(loss))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         # fp16 loss scaling multiplies the gradients by ~65,536: a regulariser that adds to them must see them
@@ -401,7 +442,12 @@ class _Run:
             torch.cuda.synchronize(self.device)
 
     def evaluate(self, split: Split) -> tuple[float, float]:
-        return evaluate(self.forward, split, self.device, self.config.eval_batch_size, self.amp_dtype)
+        return evaluate(self.evaluated, split, self.device, self.config.eval_batch_size, self.amp_dtype,
+                        **self._sharded())
+
+    def _sharded(self) -> dict[str, tuple[int, int]]:
+        # one worker passes no shard: a user's own Split need not know the keyword
+        return {"shard": self.shard} if self.workers > 1 else {}
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def save(self, path: str | Path, epochs_done: int) -> None:
@@ -432,15 +478,18 @@ class _Run:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, device: torch.device | str = "cpu", batch_size: int = 1024,
-             amp_dtype: torch.dtype | None = None) -> tuple[float, float]:
-    """Top-1 accuracy and mean cross-entropy of ``model`` on ``split`` (eval mode, no augmentation)."""
+             amp_dtype: torch.dtype | None = None, **shard: tuple[int, int]) -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy of ``model`` on ``split`` (eval mode, no augmentation).
+
+    With ``shard=(rank, workers)`` each worker evaluates its slice of every batch and the counts are summed over
+    the workers (every worker gets the whole split's numbers)."""
     if len(split) == 0:
         return float("nan"), float("nan")
     device = torch.device(device)
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in split.batches(batch_size):
+    for x, y in split.batches(batch_size, **shard):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -448,6 +497,8 @@ def evaluate(model: nn.Module, split: Split, device: torch.device | str = "cpu",
             out = model(x)
         loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
+    if shard:
+        correct, loss_sum = distributed.all_reduce_sum(torch.stack([correct.double(), loss_sum.double()]))
     return correct.item() / len(split), loss_sum.item() / len(split)
 
 

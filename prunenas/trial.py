@@ -32,7 +32,7 @@ from prunenas.proposers.proposal import achieved, save_with_masks
 from prunenas.recipes import RECIPES
 from prunenas.runs.results import FINAL
 from prunenas.runs.rundir import RunDir
-from prunenas.train import TrainConfig, evaluate_on_test, train
+from prunenas.train import TrainConfig, Trainer, evaluate_on_test, train
 from prunenas.weights import load_weights, save_weights
 
 TRAINING_PASSES = 3  # MACs of one training step per image: forward ~1x, backward ~2x the forward MACs
@@ -51,6 +51,8 @@ class Context:
     device: str = "auto"
     log: Callable[[str], None] | None = None
     node: str | None = None  # the Ray node a trial runs on (recorded in its rows)
+    workers: int = 1  # data-parallel workers per training (recorded in its rows; not part of its key)
+    trainer: Trainer = train  # what runs train() on those workers (prunenas.search.workers when more than one)
     _data: Data | None = field(default=None, repr=False)
 
     def data(self) -> Data:
@@ -67,6 +69,7 @@ class Context:
                                      val_size=e.val_size, subset=e.subset, device=self.device,
                                      threads=self.threads, log=self.log, weights=e.base_weights)
         provider._data = self._data
+        provider.trainer = self.trainer
         provider.artifact_dir = self.run.proposals_dir
         return provider
 
@@ -213,15 +216,16 @@ def _train_unless_final(ctx: Context, training: Trial, phase: str,
                            "seed": training.seed, "method": training.method, "proposal": training.proposal,
                            "arch": arch_dict(training.arch), "digest": training.arch.digest(), "macs": cost.macs,
                            "params": cost.params, "epochs": config.epochs, "recipe": config.identity(),
-                           "init": training.init, "environment": {**environment(config.device), "node": ctx.node}}
+                           "init": training.init, "environment": {**environment(config.device), "node": ctx.node},
+                           "workers": ctx.workers}
     if training.twin_error is not None:
         row["twin_error"] = training.twin_error
     started = time.time()
     try:
         fault_point("trial.start", key=key, arm=training.arm, method=training.method)
-        result = train(_initial(ctx, training), ctx.data(), config, checkpoint=ctx.run.checkpoint_path(key),
-                       arch=training.arch, on_epoch=on_epoch, evaluate_test=phase == "eval",
-                       teacher=_teacher(ctx, training))
+        result = ctx.trainer(_initial(ctx, training), ctx.data(), config, checkpoint=ctx.run.checkpoint_path(key),
+                             arch=training.arch, on_epoch=on_epoch, evaluate_test=phase == "eval",
+                             teacher=_teacher(ctx, training))
     except TrainingDiverged as err:
         store.append({**row, "status": "diverged", "diverged_epoch": err.epoch, "diverged_step": err.step,
                       "error": str(err), "seconds": time.time() - started})

@@ -210,6 +210,8 @@ def add_search(sub: Subparsers) -> None:
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray instance without its dashboard")
     _json_flag(p, "with --dry-run: print the plan as JSON")
     _verbose_argument(p)
+    p.add_argument("--workers", type=int, help="data-parallel workers per trial; resources.cpu and .gpu are then "
+                   "per worker (overrides resources.workers)")
     p.set_defaults(run="search:cmd_search")
 
 

@@ -11,7 +11,7 @@ from types import ModuleType
 
 from prunenas.data import planned_train_images
 from prunenas.errors import PrunenasError
-from prunenas.experiment import load_experiment
+from prunenas.experiment import Experiment, experiment_from_dict, load_experiment
 from prunenas.runs.report import results_table
 from prunenas.runs.rundir import RunDir
 from prunenas.search.plan import estimate, format_estimate
@@ -23,10 +23,23 @@ def _with_ray(module: str) -> ModuleType:
     return importlib.import_module(module)
 
 
+def _with_workers(exp: Experiment, workers: int | None) -> Experiment:
+    """``exp`` with ``--workers``, validated as the file's ``resources.workers`` is (batch split, at least 1)."""
+    if workers is None:
+        return exp
+    if workers < 1:
+        raise PrunenasError(f"--workers {workers} must be at least 1")
+    try:
+        return experiment_from_dict(exp.with_overrides(workers=workers).source, exp.name)
+    except PrunenasError as err:
+        raise PrunenasError(f"--workers {workers}: {str(err).removeprefix('resources.workers: ')}") from None
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """Run the experiment (flags override the file), or with ``--dry-run`` print its plan and cost."""
     exp = load_experiment(args.experiment).with_overrides(
         num_samples=args.num_samples, concurrency=args.concurrency, sampler=args.sampler, epochs=args.epochs)
+    exp = _with_workers(exp, args.workers)
     if args.num_samples is not None and args.num_samples < 1:
         raise PrunenasError(f"--num-samples {args.num_samples} must be >= 1")
     if args.dry_run:

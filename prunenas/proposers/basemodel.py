@@ -39,7 +39,7 @@ from prunenas.proposers.channels import inherit as inherit_weights
 from prunenas.proposers.proposal import Proposal
 from prunenas.registry import Registry
 from prunenas.spaces import Space
-from prunenas.train import Regularizer, TrainConfig, evaluate, format_epoch, resolve_device, train
+from prunenas.train import Regularizer, TrainConfig, Trainer, evaluate, format_epoch, resolve_device, train
 from prunenas.weights import save_weights
 
 CACHE_FORMAT = 1
@@ -156,6 +156,7 @@ class BaseModelProvider:
         self.device, self.threads, self.log = device, threads, log
         self.weights = weights  # published weights serve as the (unregularised) base model
         self.on_epoch: Callable[[dict[str, float]], None] | None = None  # progress of a base training
+        self.trainer: Trainer = train  # or a launcher training on several workers
         self.trainings = 0  # base models this provider trained (the rest came from the cache)
         self.artifact_dir = self.cache_dir / "masks"
         self._data: Data | None = None
@@ -208,8 +209,9 @@ class BaseModelProvider:
         what = f"base model {key} ({self.space.name}, {self.dataset}, {config.epochs} epochs"
         if self.log:
             self.log(what + (f", regulariser {spec.kind} {dict(spec.params)})" if spec else ")"))
-        result = train(model, self.data(), config, regularizer=regularizer, checkpoint=partial / "checkpoint.pt",
-                       arch=self.space.base, on_epoch=self._progress, evaluate_test=False)  # selection only
+        result = self.trainer(model, self.data(), config, regularizer=regularizer,
+                              checkpoint=partial / "checkpoint.pt", arch=self.space.base, on_epoch=self._progress,
+                              evaluate_test=False)  # selection only
         trained = result.model
         _save_state(init_state, partial / "init.safetensors")
         save_weights(trained, partial / "trained.safetensors")

@@ -289,6 +289,7 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
                        "arms": evaluations, "cost": sum(e["cost"] for e in evaluations)},
     }
     phases["total_cost"] = sum(p["cost"] for p in phases.values() if isinstance(p, dict))
+    phases["resources"] = trial_resources(exp, recipe.batch_size)
     return phases
 
 
@@ -297,6 +298,13 @@ def _scratch_full(exp: Experiment, milestones: tuple[int, ...], epochs: int, bas
     """The ``scratch-full`` schedule at a target's MACs (budget.scratch_full_epochs, milestones scaled)."""
     full = scratch_full_epochs(exp.base_schedule_epochs, base_macs, max(1, int(macs)), exp.finetune_schedule_epochs)
     return Schedule(full, scale_milestones(milestones, epochs, full))
+
+
+def trial_resources(exp: Experiment, batch_size: int) -> dict[str, Any]:
+    """What one trial takes: workers, CPUs and GPUs per worker (``gpu: null``: one per worker when the cluster
+    has GPUs), each worker's share of a global batch and of a training's cost."""
+    return {"workers": exp.workers, "cpu_per_worker": exp.cpu, "gpu_per_worker": exp.gpu,
+            "batch_per_worker": batch_size // exp.workers, "cost_share_per_worker": 1 / exp.workers}
 
 
 def _lr_plan(setting: Setting) -> Any:
@@ -334,6 +342,11 @@ def format_estimate(exp: Experiment, est: Mapping[str, Any]) -> str:
         lines.append(f"           {arm['arm']:9} {arm['budget']:9} {arm['trials']:4d} trials, epochs {arm['epochs']}, "
                      f"lr {arm['lr']}{drops}")
     lines.append(f"total cost {_e(est['total_cost'])} (forward MACs x training images x epochs; training is ~3x)")
+    r = est["resources"]
+    gpu = "1 GPU if the cluster has GPUs" if r["gpu_per_worker"] is None else f"{r['gpu_per_worker']:g} GPU"
+    lines.append(f"per trial {r['workers']} worker(s) x ({r['cpu_per_worker']:g} CPU, {gpu}), batch "
+                 f"{r['batch_per_worker']} per worker, each worker {r['cost_share_per_worker']:.3g} of a training's "
+                 f"cost" + (" (plus the trial's driver, which takes no CPU)" if r["workers"] > 1 else ""))
     return "\n".join(lines)
 
 

@@ -55,6 +55,12 @@ from prunenas.search.plan import (
     target_object,
 )
 from prunenas.search.study import STUDY, storage
+from prunenas.search.workers import (
+    DRIVER_RESOURCES,
+    check_cluster_fits,
+    trials_at_once,
+    worker_trainer,
+)
 from prunenas.trial import (
     Context,
     Trial,
@@ -77,6 +83,8 @@ def run_search(exp: Experiment, out: str | os.PathLike | None = None, *, address
     ``RUN/logs/ray.log``."""
     _check_base_weights(exp)
     run = RunDir(out or Path(exp.storage) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _start_ray(exp, address or exp.address, dashboard, run)  # a trial the cluster cannot hold fails before the
+    # run folder exists
     source = dict(exp.source, **({"address": address} if address else {}))
     run.create(exp.name, yaml.safe_dump(source, sort_keys=False))
     if cache_dir:
@@ -94,6 +102,7 @@ def resume(path: str | os.PathLike, *, address: str | None = None, dashboard: bo
         raise PrunenasError(f"{run.path} is finished; nothing to resume (report it with `prunenas report {run.path}`)")
     exp = experiment_from_dict(yaml.safe_load((run.path / "experiment.yaml").read_text()), state.get("name", "run"))
     _check_base_weights(exp)
+    _start_ray(exp, address or exp.address, dashboard, run)
     _execute(run, exp, address or exp.address, dashboard, verbose)
     return run
 
@@ -108,18 +117,24 @@ def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool,
     exp = _absolute_paths(exp)
     ctx = Context(exp, run, cache_dir=run.state().get("cache_dir"), threads=max(1, int(exp.cpu)),
                   log=None)
-    ctx.data()  # fail early on missing data; trials receive it through Ray's object store
+    try:
+        ctx.data()  # fail early on missing data; trials receive it through Ray's object store
+    except BaseException:
+        ray.shutdown()
+        raise
     with console.ray_output_to_log(run, verbose) as log:
         _run_phases(ctx, address, dashboard, log)
 
 
 def _run_phases(ctx: Context, address: str | None, dashboard: bool, log: Path | None) -> None:
-    run = ctx.run
-    info = _init_ray(address, dashboard, run)
+    run, exp = ctx.run, ctx.experiment
+    info = _init_ray(address, dashboard, run)  # started by _start_ray: this returns its context
     try:
         for line in console.startup_lines(run, log, info.dashboard_url, monitor.auth_token(),
                                           os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled"):
             console.say(line)
+        if exp.workers > 1:
+            ctx.workers, ctx.trainer = exp.workers, worker_trainer(exp, _gpus(exp), run.tune_dir / "train")
         run.write_state(phase=0)
         _phase_base_models(ctx)
         run.write_state(phase=1)
@@ -152,6 +167,22 @@ def _init_ray(address: str | None, dashboard: bool, run: RunDir) -> Any:
                     ignore_reinit_error=True, job_config=job)
 
 
+def _start_ray(exp: Experiment, address: str | None, dashboard: bool, run: RunDir) -> None:
+    """Start (or join) Ray for ``run`` and check that a trial of ``exp`` fits the cluster; Ray is shut down if
+    not."""
+    _init_ray(address, dashboard, run)
+    try:
+        check_cluster_fits(dataclasses.replace(exp, gpu=_gpus(exp)))
+    except PrunenasError:
+        ray.shutdown()
+        raise
+
+
+def _gpus(exp: Experiment) -> float:
+    """GPUs per worker: as the experiment says, else one when the cluster has GPUs."""
+    return exp.gpu if exp.gpu is not None else (1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0)
+
+
 def _absolute_paths(exp: Experiment) -> Experiment:
     if exp.data_root:
         exp = exp.with_overrides(data_root=str(Path(exp.data_root).resolve()))
@@ -166,15 +197,16 @@ def _absolute_paths(exp: Experiment) -> Experiment:
 def _tuner(ctx: Context, trainable: Any, name: str, param_space: dict, progress: console.Progress,
            **tune_config: Any) -> tune.Tuner:
     exp = ctx.experiment
-    gpu = exp.gpu if exp.gpu is not None else (1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0)
-    resources = {"cpu": exp.cpu, "gpu": gpu}
+    # a multi-worker trial is only the driver of its Ray Train workers (search/workers.py): it takes nothing
+    resources = {"cpu": exp.cpu, "gpu": _gpus(exp)} if exp.workers == 1 else DRIVER_RESOURCES
     with_ctx = tune.with_parameters(trainable, ctx=ctx)
     with_ctx.__mixins__ = (console.IdentifiedTrial,)  # the actor's repr in the dashboard names its trial
     fn = tune.with_resources(with_ctx, resources)
     run_config = tune.RunConfig(name=name, storage_path=str(ctx.run.tune_dir), verbose=console.tune_verbosity(),
                                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                                 callbacks=[progress])
-    config = tune.TuneConfig(max_concurrent_trials=exp.concurrency, reuse_actors=True, **tune_config)
+    concurrency = exp.concurrency if exp.workers == 1 else trials_at_once(exp)
+    config = tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, **tune_config)
     return tune.Tuner(fn, param_space=param_space, tune_config=config, run_config=run_config)
 
 
