@@ -36,9 +36,9 @@ SCHEDULERS = ("none", "asha")
 # Experiment fields that command-line flags override -> their place in the YAML (section, key).
 OVERRIDE_KEYS = {"num_samples": ("search", "num_samples"), "concurrency": (None, "concurrency"),
                  "sampler": ("search", "sampler"), "epochs": ("recipe", "epochs"), "data_root": ("data", "root")}
-TOP_KEYS = {"name", "space", "data", "base", "proposers", "targets", "arms", "budgets", "seeds", "recipe",
-            "finetune", "search", "scheduler", "resources", "concurrency", "storage", "address", "max_failures",
-            "description", "expected"}
+TOP_KEYS = {"name", "space", "input_shape", "num_classes", "data", "base", "proposers", "targets", "arms",
+            "budgets", "seeds", "recipe", "finetune", "search", "scheduler", "resources", "concurrency", "storage",
+            "address", "max_failures", "description", "expected"}
 
 
 class ExperimentError(PrunenasError):
@@ -164,7 +164,8 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
 def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experiment:
     root = _Reader(data, "")
     root.only(TOP_KEYS)
-    space = _space(root.get("space", str, required=True))
+    space = _space(root.get("space", str, required=True), root.get("input_shape", list),
+                   root.get("num_classes", int, minimum=1))
     data_sec, base, targets = root.section("data"), root.section("base"), root.section("targets")
     seeds, recipe, search = root.section("seeds"), root.section("recipe"), root.section("search")
     resources, finetune = root.section("resources"), root.section("finetune")
@@ -299,9 +300,10 @@ class _Reader:
         return values
 
 
-def _space(name: str) -> Space:
+def _space(name: str, input_shape: list | None, num_classes: int | None) -> Space:
+    """The experiment's space; ``input_shape``/``num_classes`` (top-level keys) complete a model reference."""
     try:
-        return load_space(name)
+        return load_space(name, input_shape, num_classes)
     except PrunenasError as err:
         raise ExperimentError(f"space: {err}") from None
 

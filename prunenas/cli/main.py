@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import NoReturn
 
 from prunenas.budget import target_from_ratio, uniform_twin
-from prunenas.cli.common import describe, print_info, resolve
+from prunenas.cli.common import describe, model_arguments, print_info, resolve
 from prunenas.cli.propose import run_propose
 from prunenas.cli.train import run_training
 from prunenas.cost import count, format_macs
@@ -67,24 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_spaces)
 
     p = sub.add_parser("info", help="slots, widths, MACs, params and Scratch-E/B epochs of a space or arch")
-    p.add_argument("target", help="space name, space YAML or architecture JSON")
+    p.add_argument("target", help="space name, space YAML, model reference (torchvision:resnet18) or architecture JSON")
     p.add_argument("--preset", help="a named architecture of the space (e.g. A, B)")
     p.add_argument("--recipe", help="base recipe for the Scratch-B epochs (default: the space's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    model_arguments(p)
     p.set_defaults(run=cmd_info)
 
     p = sub.add_parser("uniform", help="the uniform-width twin at a cost target")
-    p.add_argument("target", help="space name, space YAML or architecture JSON")
+    p.add_argument("target", help="space name, space YAML, model reference (torchvision:resnet18) or architecture JSON")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--macs", type=int, help="absolute target (MACs, or params with --match params)")
     goal.add_argument("--ratio", type=float, help="fraction of the base network's cost, in (0, 1]")
     p.add_argument("--match", choices=("macs", "params"), default="macs")
     p.add_argument("--out", help="write the twin's architecture JSON here")
     p.add_argument("--json", action="store_true")
+    model_arguments(p)
     p.set_defaults(run=cmd_uniform)
 
     p = sub.add_parser("train", help="train an architecture from scratch; writes result.json and weights")
-    p.add_argument("target", help="space name, space YAML or architecture JSON")
+    p.add_argument("target", help="space name, space YAML, model reference (torchvision:resnet18) or architecture JSON")
     p.add_argument("--preset", help="a named architecture of the space")
     _data_arguments(p)
     p.add_argument("--recipe", help="training recipe (default: the space's): " + ", ".join(RECIPES.names()))
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
     p.add_argument("--out", help="run folder (result.json, weights.safetensors, arch.json; resumes if interrupted)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    model_arguments(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("proposers", help="list the proposers with their parameters and defaults")
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("propose", help="run a pruning method on a (cached) base model: an architecture at a target")
     p.add_argument("method", help="proposer name (see `prunenas proposers`)")
-    p.add_argument("target", help="space name or space YAML")
+    p.add_argument("target", help="space name, space YAML or model reference (torchvision:resnet18)")
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--ratio", type=float, help="fraction of the base network's MACs (or params), in (0, 1]")
     goal.add_argument("--macs", type=int, help="absolute MACs (params with --match params)")
@@ -126,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--out", help="write the proposal JSON here (masks file beside it)")
     p.add_argument("--json", action="store_true")
+    model_arguments(p, weights=True)
     p.set_defaults(run=cmd_propose)
 
     p = sub.add_parser("search", help="run a pruning-as-NAS study (Ray Tune trials, Optuna sampler)")
@@ -246,7 +250,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    space, arch = resolve(args.target, args.preset)
+    space, arch = resolve(args.target, args.preset, args.input_shape, args.classes)
     info = describe(space, arch, args.recipe or space.recipe)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -256,7 +260,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_uniform(args: argparse.Namespace) -> int:
-    space, arch = resolve(args.target, None)
+    space, arch = resolve(args.target, None, args.input_shape, args.classes)
     if args.ratio is not None:
         target = target_from_ratio(space, args.ratio, args.match)
     elif args.macs is not None and args.macs > 0:

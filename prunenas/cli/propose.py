@@ -10,13 +10,13 @@ from typing import Any
 
 import yaml
 
+from prunenas.cli.common import base_weights, target_space
 from prunenas.cost import count, format_macs
 from prunenas.errors import PrunenasError
 from prunenas.pretrained import check_weights_name
 from prunenas.proposers import PROPOSERS, Target, propose
 from prunenas.proposers.basemodel import BaseModelProvider
 from prunenas.proposers.proposal import save_with_masks
-from prunenas.spaces import load_space
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -32,7 +32,10 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 def run_propose(args: argparse.Namespace) -> int:
     info = PROPOSERS.get(args.method)
-    space = load_space(args.target)
+    space = target_space(args)
+    if args.weights and args.base_weights:
+        raise PrunenasError("give --weights (your trained state dict) or --base-weights (published), not both")
+    weights = base_weights(args, space) or (args.base_weights and check_weights_name(args.base_weights))
     target = Target(ratio=args.ratio, cost=args.macs, preset=args.preset, match=args.match)
     params = parse_params(args.param)
     info.check_params(params)
@@ -41,7 +44,7 @@ def run_propose(args: argparse.Namespace) -> int:
                                  epochs=args.base_epochs, cache_dir=args.cache_dir, data_root=args.data_root,
                                  val_size=args.val_size, subset=args.subset, device=args.device,
                                  threads=args.threads, log=lambda line: print(line, file=log, flush=True),
-                                 weights=args.base_weights and check_weights_name(args.base_weights))
+                                 weights=weights)
     proposal = propose(args.method, space, target, provider if info.needs_base else None, params, args.seed)
     if args.out:
         save_with_masks(proposal, Path(args.out))
