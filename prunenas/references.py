@@ -1,15 +1,19 @@
-"""How much of a traced network (a model reference as a space, see :func:`prunenas.spaces.traced_space`)
-the search can change: the searchable share of its MACs and its frozen channels."""
+"""Model references as spaces (see :func:`prunenas.spaces.traced_space`): how much of a traced network the
+search can change (the searchable share of its MACs, its frozen channels), and which local files hold a
+user's module, so that a search on a cluster can ship them to the workers (which import and re-trace it)."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 from prunenas.arch import Architecture
 from prunenas.cost import layer_macs
 from prunenas.errors import PrunenasError
 from prunenas.families.base import INPUT
 from prunenas.families.traced import NAME, analysis_of, parse_shape, slot_index
+from prunenas.families.tracing import parse_reference
 
 
 @dataclass(frozen=True)
@@ -45,3 +49,19 @@ def coverage(arch: Architecture) -> Coverage:
     mixing = tuple(sorted(slot_of[g] for g, info in analysis.groups.items()
                           if g in slot_of and info.normalised_by_mixing_norm))
     return Coverage(sum(layer_macs(layer) for layer in counted), searchable, tuple(analysis.frozen()), mixing)
+
+
+def module_sources(arch: Architecture) -> list[Path]:
+    """The local package folder or ``.py`` file of the top-level module behind a traced architecture's user
+    reference (``my_pkg.models:make_net`` -> ``.../my_pkg``); empty for other families, torchvision and timm
+    (installed on the cluster like torch), and for modules that are installed (in site-packages)."""
+    if arch.family != NAME:
+        return []
+    source = parse_reference(arch.opts["model"]).source
+    if source in ("torchvision", "timm"):
+        return []
+    spec = importlib.util.find_spec(source.partition(".")[0])
+    if spec is None or spec.origin is None or "site-packages" in Path(spec.origin).parts:
+        return []
+    origin = Path(spec.origin)
+    return [origin.parent if spec.submodule_search_locations else origin]

@@ -39,6 +39,7 @@ from prunenas.experiment import Experiment, experiment_from_dict
 from prunenas.pretrained import ensure_available
 from prunenas.proposers import Proposal, load_proposal
 from prunenas.proposers.basemodel import RegularizerSpec
+from prunenas.references import module_sources
 from prunenas.runs.rundir import RunDir
 from prunenas.search import monitor
 from prunenas.search.plan import (
@@ -105,7 +106,7 @@ def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool)
     ctx = Context(exp, run, cache_dir=run.state().get("cache_dir"), threads=max(1, int(exp.cpu)),
                   log=None)
     ctx.data()  # fail early on missing data; trials receive it through Ray's object store
-    _init_ray(address, dashboard)
+    _init_ray(address, dashboard, _user_modules(exp))
     try:
         print(f"run folder {run.path}")
         run.write_state(phase=0)
@@ -125,13 +126,20 @@ def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool)
         ray.shutdown()
 
 
-def _init_ray(address: str | None, dashboard: bool) -> None:
+def _user_modules(exp: Experiment) -> dict:
+    """The runtime env that ships a user's own model package to a cluster's workers (they import and re-trace
+    it); a single-file module must already be importable on every node (see the README)."""
+    folders = [str(p) for p in module_sources(exp.space.base) if p.is_dir()]
+    return {"py_modules": folders} if folders else {}
+
+
+def _init_ray(address: str | None, dashboard: bool, runtime_env: dict | None = None) -> None:
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     # Ray starts workers at niceness 15; here the trials *are* the job, so they run at normal priority
     # (set RAY_worker_niceness yourself to change it). Applies to the local instance only.
     os.environ.setdefault("RAY_worker_niceness", "0")
     if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True, runtime_env=runtime_env or None)
     else:
         # "local": always a fresh instance here, never a stray cluster left by `ray start`
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",

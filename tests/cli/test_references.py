@@ -2,11 +2,13 @@
 with ``model:``, and ``--weights`` (the user's trained state dict) as the base model of ``propose``."""
 
 import json
+from pathlib import Path
 
 import torch
 import yaml
 
 from prunenas.cli.main import main
+from prunenas.references import module_sources
 from prunenas.spaces import load_space
 from tests.traced_models import user_net
 
@@ -64,3 +66,10 @@ def test_classes_and_input_shape_reach_a_torchvision_factory(capsys):
     assert (info["input_shape"], info["num_classes"]) == ([3, 32, 32], 10)
     assert info["options"]["model"] == "torchvision:resnet18?num_classes=10"
     assert info["params"] == 11_689_512 - (512 * 1000 + 1000) + (512 * 10 + 10)
+
+
+def test_a_user_module_is_found_for_shipping_and_libraries_are_not():
+    """A search on a cluster ships the folder of the user's top-level package (here tests/) to the workers."""
+    assert module_sources(load_space(USER, (3, 16, 16)).base) == [Path(__file__).resolve().parents[1]]
+    assert module_sources(load_space("torchvision:resnet18", (3, 32, 32)).base) == []
+    assert module_sources(load_space("tiny-synthetic").base) == []
