@@ -12,6 +12,7 @@ from prunenas.budget import scratch_epochs
 from prunenas.cost import count, format_macs, thop_macs
 from prunenas.errors import PrunenasError
 from prunenas.families.traced import NAME as TRACED
+from prunenas.families.traced import parse_shape
 from prunenas.pretrained import LOCAL_SUFFIXES, load_weights_state
 from prunenas.proposers import load_proposal
 from prunenas.recipes import RECIPES
@@ -61,12 +62,9 @@ def resolve(target: str, preset: str | None, input_shape: tuple[int, int, int] |
 
 def _shape(text: str) -> tuple[int, int, int]:
     try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not C,H,W (three positive integers, e.g. 3,32,32)")
-    return shape  # type: ignore[return-value]
+        return parse_shape(text)
+    except PrunenasError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not C,H,W (three positive integers, e.g. 3,32,32)") from None
 
 
 def _resolve_file(path: str) -> tuple[Space, Architecture]:
