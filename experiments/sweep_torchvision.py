@@ -21,7 +21,8 @@ from torchvision import models
 
 from prunenas.cost import count
 from prunenas.errors import PrunenasError
-from prunenas.references import coverage, traced_space
+from prunenas.references import coverage
+from prunenas.spaces import traced_space
 
 
 def card(name: str) -> tuple[float | None, int | None, int]:

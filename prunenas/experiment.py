@@ -47,9 +47,9 @@ SCHEDULERS = ("none", "asha")
 OVERRIDE_KEYS = {"num_samples": ("search", "num_samples"), "concurrency": (None, "concurrency"),
                  "sampler": ("search", "sampler"), "epochs": ("recipe", "epochs"), "data_root": ("data", "root"),
                  "workers": ("resources", "workers")}
-TOP_KEYS = {"name", "space", "data", "base", "proposers", "targets", "arms", "budgets", "seeds", "recipe",
-            "finetune", "search", "scheduler", "resources", "concurrency", "storage", "address", "max_failures",
-            "description", "expected", "distill", "lr_grid"}
+TOP_KEYS = {"name", "space", "input_shape", "num_classes", "data", "base", "proposers", "targets", "arms",
+            "budgets", "seeds", "recipe", "finetune", "search", "scheduler", "resources", "concurrency", "storage",
+            "address", "max_failures", "description", "expected", "distill", "lr_grid"}
 
 
 class ExperimentError(PrunenasError):
@@ -232,7 +232,8 @@ def _section(root: _Reader, name: str) -> _Reader:
 def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experiment:
     root = _Reader(data, "")
     root.only(TOP_KEYS)
-    space = _space(root.get("space", str, required=True))
+    space = _space(root.get("space", str, required=True), root.get("input_shape", list),
+                   root.get("num_classes", int, minimum=1))
     data_sec, base, targets, seeds, recipe, search, resources, finetune, distill = (
         _section(root, name) for name in SECTION_KEYS)
     dataset = data_sec.get("name", str, default=space.dataset)
@@ -362,9 +363,10 @@ class _Reader:
         return values
 
 
-def _space(name: str) -> Space:
+def _space(name: str, input_shape: list | None, num_classes: int | None) -> Space:
+    """The experiment's space; ``input_shape``/``num_classes`` (top-level keys) complete a model reference."""
     try:
-        return load_space(name)
+        return load_space(name, input_shape, num_classes)
     except PrunenasError as err:
         raise ExperimentError(f"space: {err}") from None
 

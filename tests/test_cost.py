@@ -88,6 +88,19 @@ def test_base_networks_equal_torchvision(family, options, factory):
         torch.testing.assert_close(ours(x), theirs(x))
 
 
+def test_mobilenetv2_imagenet_space_equals_torchvision():
+    """The built-in space's base network is torchvision's mobilenet_v2: its card (3,504,872 params, 300.77 M
+    MACs), its counted params and FlopCounterMode MACs, and its state dict loads strictly."""
+    arch = load_space("mobilenetv2-imagenet").base
+    theirs = torchvision.models.mobilenet_v2().eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        theirs(torch.zeros(1, 3, 224, 224))
+    cost = count(arch)
+    assert (cost.params, cost.macs) == (sum(p.numel() for p in theirs.parameters()), counter.get_total_flops() // 2)
+    assert (cost.params, round(cost.macs / 1e6, 2)) == (3_504_872, 300.77)
+    arch.build().load_state_dict(theirs.state_dict())
+
+
 @pytest.mark.parametrize("space", space_names())
 def test_every_space_counts_equal_to_thop(space):
     arch = load_space(space).base

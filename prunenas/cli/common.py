@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -10,19 +11,60 @@ from prunenas.arch import Architecture, load_architecture
 from prunenas.budget import scratch_epochs
 from prunenas.cost import count, format_macs, thop_macs
 from prunenas.errors import PrunenasError
+from prunenas.families.traced import NAME as TRACED
+from prunenas.families.traced import parse_shape
+from prunenas.pretrained import LOCAL_SUFFIXES, load_weights_state
 from prunenas.proposers import load_proposal
 from prunenas.recipes import RECIPES
+from prunenas.references import coverage
 from prunenas.spaces import Space, load_space, space_names
 
 
-def resolve(target: str, preset: str | None) -> tuple[Space, Architecture]:
-    """A space (by name/YAML) or an architecture JSON -> (space, architecture to describe)."""
+def model_arguments(p: argparse.ArgumentParser, weights: bool = False) -> None:
+    """``--input-shape`` and ``--classes`` for model references (and ``--weights`` for commands with a base
+    model)."""
+    p.add_argument("--input-shape", metavar="C,H,W", type=_shape,
+                   help="input shape of a model reference (default 3,224,224 for torchvision: and timm:)")
+    p.add_argument("--classes", type=int, metavar="N", help="classes of a model reference's task")
+    if weights:
+        p.add_argument("--weights", metavar="FILE", help="your trained weights (a .pth/.safetensors state dict of "
+                       "the space's network, for a model reference its module's own keys) as the base model "
+                       "instead of training one")
+
+
+def target_space(args: argparse.Namespace) -> Space:
+    """The space of ``args.target`` (a name, a YAML or a model reference with ``--input-shape``/``--classes``)."""
+    return load_space(args.target, args.input_shape, args.classes)
+
+
+def base_weights(args: argparse.Namespace, space: Space) -> str | None:
+    """``--weights`` checked to exist and fit the space's base network now, before anything is written."""
+    if not args.weights:
+        return None
+    if not args.weights.endswith(LOCAL_SUFFIXES):
+        raise PrunenasError(f"--weights {args.weights!r} must be a state-dict file ({', '.join(LOCAL_SUFFIXES)})")
+    load_weights_state(args.weights, space.base)
+    return args.weights
+
+
+def resolve(target: str, preset: str | None, input_shape: tuple[int, int, int] | None = None,
+            classes: int | None = None) -> tuple[Space, Architecture]:
+    """A space (by name/YAML/model reference) or an architecture JSON -> (space, architecture to describe)."""
     if target.endswith(".json"):
         if preset:
             raise PrunenasError("--preset applies to spaces, not to architecture files")
+        if input_shape is not None or classes is not None:
+            raise PrunenasError("--input-shape and --classes apply to model references, not to architecture files")
         return _resolve_file(target)
-    space = load_space(target)
+    space = load_space(target, input_shape, classes)
     return space, space.preset(preset) if preset else space.base
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        return parse_shape(text)
+    except PrunenasError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not C,H,W (three positive integers, e.g. 3,32,32)") from None
 
 
 def _resolve_file(path: str) -> tuple[Space, Architecture]:
@@ -68,7 +110,17 @@ def describe(space: Space, arch: Architecture, recipe_name: str) -> dict[str, An
         "digest": arch.digest(),
         "recipe": recipe_name,
         "epochs": {mode: {"epochs": s.epochs, "milestones": list(s.milestones)} for mode, s in budgets.items()},
+        **(_traced_coverage(arch) if arch.family == TRACED else {}),
     }
+
+
+def _traced_coverage(arch: Architecture) -> dict[str, Any]:
+    """What the search can change in a traced network: its searchable MAC share and the frozen channels."""
+    cover = coverage(arch)
+    return {"searchable_share": round(cover.share, 6),
+            "frozen": [{"producer": producer, "channels": channels, "reason": reason}
+                       for producer, channels, reason in cover.frozen],
+            "mixing_norm_slots": list(cover.mixing_norm_slots)}
 
 
 def print_info(info: dict[str, Any]) -> None:
@@ -85,4 +137,9 @@ def print_info(info: dict[str, Any]) -> None:
     e, b = info["epochs"]["scratch-e"], info["epochs"]["scratch-b"]
     print(f"recipe {info['recipe']}: Scratch-E {e['epochs']} epochs (milestones {e['milestones']}), "
           f"Scratch-B {b['epochs']} epochs (milestones {b['milestones']})")
+    if "searchable_share" in info:
+        print(f"searchable: {info['searchable_share']:.1%} of the MACs; {len(info['frozen'])} frozen channel "
+              "group(s)" + (":" if info["frozen"] else ""))
+        for f in info["frozen"]:
+            print(f"    {f['producer']} ({f['channels']} channels): {f['reason']}")
     print(f"digest {info['digest']}")

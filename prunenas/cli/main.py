@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from prunenas.cli.common import model_arguments
 from prunenas.errors import PrunenasError
 from prunenas.recipes import RECIPES
 from prunenas.runs.export import FORMATS, SELECTION_METRICS
@@ -103,16 +104,17 @@ def add_spaces(sub: Subparsers) -> None:
 
 def add_info(sub: Subparsers) -> None:
     p = sub.add_parser("info", help="slots, widths, MACs, params and Scratch-E/B epochs of a space or arch")
-    p.add_argument("target", help="space name, space YAML or architecture JSON")
+    p.add_argument("target", help="space name, space YAML, model reference (torchvision:resnet18) or architecture JSON")
     p.add_argument("--preset", help="a named architecture of the space (e.g. A, B)")
     p.add_argument("--recipe", help="base recipe for the Scratch-B epochs (default: the space's)")
     _json_flag(p)
+    model_arguments(p)
     p.set_defaults(run="spaces:cmd_info")
 
 
 def add_uniform(sub: Subparsers) -> None:
     p = sub.add_parser("uniform", help="the uniform-width twin at a cost target")
-    p.add_argument("target", help="space name, space YAML or architecture JSON")
+    p.add_argument("target", help="space name, space YAML, model reference (torchvision:resnet18) or architecture JSON")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--macs", type=int, help="absolute target (MACs, or params with --match params)")
     goal.add_argument("--ratio", type=float, help="fraction of the base network's cost, in (0, 1]")
@@ -121,6 +123,7 @@ def add_uniform(sub: Subparsers) -> None:
     _latency_device_arguments(p)
     p.add_argument("--out", help="write the twin's architecture JSON here")
     _json_flag(p)
+    model_arguments(p)
     p.set_defaults(run="spaces:cmd_uniform")
 
 
@@ -129,7 +132,7 @@ def add_uniform(sub: Subparsers) -> None:
 
 def add_train(sub: Subparsers) -> None:
     p = sub.add_parser("train", help="train an architecture from scratch; writes result.json and weights")
-    p.add_argument("target", help="space name, space YAML or architecture JSON")
+    p.add_argument("target", help="space name, space YAML, model reference (torchvision:resnet18) or architecture JSON")
     p.add_argument("--preset", help="a named architecture of the space")
     _data_arguments(p)
     p.add_argument("--recipe", help="training recipe (default: the space's): " + ", ".join(RECIPES.names()))
@@ -143,6 +146,7 @@ def add_train(sub: Subparsers) -> None:
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
     p.add_argument("--out", help="run folder (result.json, weights.safetensors, arch.json; resumes if interrupted)")
     _json_flag(p, "print the result as JSON")
+    model_arguments(p)
     p.set_defaults(run="train:run_training")
 
 
@@ -155,7 +159,7 @@ def add_proposers(sub: Subparsers) -> None:
 def add_propose(sub: Subparsers) -> None:
     p = sub.add_parser("propose", help="run a pruning method on a (cached) base model: an architecture at a target")
     p.add_argument("method", help="proposer name (see `prunenas proposers`)")
-    p.add_argument("target", help="space name or space YAML")
+    p.add_argument("target", help="space name, space YAML or model reference (torchvision:resnet18)")
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--ratio", type=float, help="fraction of the base network's MACs (or params), in (0, 1]")
     goal.add_argument("--macs", type=int, help="absolute MACs (params with --match params)")
@@ -175,6 +179,7 @@ def add_propose(sub: Subparsers) -> None:
     _training_device_arguments(p)
     p.add_argument("--out", help="write the proposal JSON here (masks file beside it)")
     _json_flag(p)
+    model_arguments(p, weights=True)
     p.set_defaults(run="propose:run_propose")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from prunenas.cli.common import base_weights, target_space
 from prunenas.cli.latency import target_from_args
 from prunenas.cost import count, format_macs
 from prunenas.errors import PrunenasError
@@ -17,7 +18,6 @@ from prunenas.pretrained import check_weights_name
 from prunenas.proposers import PROPOSERS, propose
 from prunenas.proposers.basemodel import BaseModelProvider
 from prunenas.proposers.proposal import save_with_masks
-from prunenas.spaces import load_space
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -55,7 +55,10 @@ def cmd_proposers(args: argparse.Namespace) -> int:
 def run_propose(args: argparse.Namespace) -> int:
     """One proposal of ``args.method`` on ``args.target`` (training or reading the base model as needed)."""
     info = PROPOSERS.get(args.method)
-    space = load_space(args.target)
+    space = target_space(args)
+    if args.weights and args.base_weights:
+        raise PrunenasError("give --weights (your trained state dict) or --base-weights (published), not both")
+    weights = base_weights(args, space) or (args.base_weights and check_weights_name(args.base_weights))
     target = target_from_args(args)
     params = parse_params(args.param)
     info.check_params(params)
@@ -64,7 +67,7 @@ def run_propose(args: argparse.Namespace) -> int:
                                  epochs=args.base_epochs, cache_dir=args.cache_dir, data_root=args.data_root,
                                  val_size=args.val_size, subset=args.subset, device=args.device,
                                  threads=args.threads, log=lambda line: print(line, file=log, flush=True),
-                                 weights=args.base_weights and check_weights_name(args.base_weights))
+                                 weights=weights)
     proposal = propose(args.method, space, target, provider if info.needs_base else None, params, args.seed)
     if args.out:
         save_with_masks(proposal, Path(args.out))

@@ -37,7 +37,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Slots, widths, MACs, params and Scratch-E/B epochs of a space, a preset or an architecture file."""
-    space, arch = resolve(args.target, args.preset)
+    space, arch = resolve(args.target, args.preset, args.input_shape, args.classes)
     info = describe(space, arch, args.recipe or space.recipe)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -48,7 +48,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_uniform(args: argparse.Namespace) -> int:
     """The uniform twin at ``--macs`` or ``--ratio`` of the base cost; warns when ±1% is out of reach."""
-    space, _ = resolve(args.target, None)
+    space, _ = resolve(args.target, None, args.input_shape, args.classes)
     if args.macs is not None and args.macs <= 0:
         raise PrunenasError(f"--macs {args.macs} must be a positive integer")
     goal = target_from_args(args)

@@ -40,7 +40,7 @@ def training_config(space: Space, arch: Architecture, args: argparse.Namespace) 
 
 
 def run_training(args: argparse.Namespace) -> int:
-    space, arch = resolve(args.target, args.preset)
+    space, arch = resolve(args.target, args.preset, args.input_shape, args.classes)
     dataset = args.data or (None if args.target.endswith(".json") else space.dataset)
     if dataset is None:
         raise PrunenasError("--data is required when training an architecture file")

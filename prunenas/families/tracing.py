@@ -27,8 +27,10 @@ cannot express yet. Leaf modules of the user's own (the CIFAR ResNets' option-A 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import io
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -361,8 +363,8 @@ def trace(model: nn.Module, what: str) -> fx.Graph:
 
 def _propagate_shapes(graph: fx.Graph, model: nn.Module, what: str, shape: tuple[int, int, int]) -> None:
     module = fx.GraphModule(model, graph)
-    try:
-        with torch.device("meta"), torch.no_grad():
+    try:  # ShapeProp prints the traceback itself before re-raising; the one line below says it all
+        with torch.device("meta"), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(module).propagate(torch.empty(2, *shape))  # batch 2: batch norm in training mode
     except Exception as err:  # noqa: BLE001 (the model's own error, one line)
         cause = err.__cause__ or err  # ShapeProp wraps the model's error with the whole node

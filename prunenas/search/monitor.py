@@ -24,6 +24,8 @@ from ray.util import metrics
 
 import prunenas
 from prunenas.errors import PrunenasError
+from prunenas.experiment import load_experiment
+from prunenas.references import module_sources
 from prunenas.spaces import spaces_dir
 
 TAGS = ("run", "phase", "trial", "method", "arm")
@@ -102,6 +104,8 @@ def submit(experiment: str | os.PathLike, address: str, run_dir: str, extra_args
     The job's working directory holds the experiment file; the prunenas package travels as a ``py_module``
     so the cluster runs this exact code (its other dependencies — torch, ray, optuna — must be installed on
     the cluster). ``run_dir`` must be a path the cluster can write (shared storage on a multi-node cluster).
+    A space that is the user's own module (``my_pkg.models:make_net``) ships it too: a package folder as a
+    ``py_module``, a single ``.py`` file inside the working directory (both are on the workers' import path).
     """
     experiment = Path(experiment)
     if not experiment.is_file():
@@ -114,9 +118,14 @@ def submit(experiment: str | os.PathLike, address: str, run_dir: str, extra_args
         shutil.copy(experiment, workdir / experiment.name)
         shutil.copytree(Path(prunenas.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(spaces_dir(), package / "search_spaces", dirs_exist_ok=True)  # as a wheel installs it
+        user = module_sources(load_experiment(experiment).space.base)
+        for source in user:
+            if source.is_file():
+                shutil.copy(source, workdir / source.name)
         entrypoint = " ".join(["python -m prunenas search", experiment.name, "--out", run_dir, "--address auto",
                                *extra_args])
-        runtime_env = {"working_dir": str(workdir), "py_modules": [str(package)],
+        runtime_env = {"working_dir": str(workdir),
+                       "py_modules": [str(package), *(str(p) for p in user if p.is_dir())],
                        "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}
         metadata = {"job_name": f"prunenas {Path(run_dir).name}", "prunenas_run": run_dir,
                     "experiment": experiment.name}

@@ -40,6 +40,7 @@ from prunenas.experiment import Experiment, experiment_from_dict
 from prunenas.pretrained import ensure_available
 from prunenas.proposers import Proposal, load_proposal
 from prunenas.proposers.basemodel import RegularizerSpec
+from prunenas.references import module_sources
 from prunenas.runs.rundir import RunDir
 from prunenas.search import console, monitor
 from prunenas.search.plan import (
@@ -152,16 +153,25 @@ def _run_phases(ctx: Context, address: str | None, dashboard: bool, log: Path | 
         ray.shutdown()
 
 
-def _init_ray(address: str | None, dashboard: bool, run: RunDir) -> Any:
+def _user_modules(exp: Experiment) -> dict:
+    """The runtime env that ships a user's own model package to a cluster's workers (they import and re-trace
+    it); a single-file module must already be importable on every node (see the README)."""
+    folders = [str(p) for p in module_sources(exp.space.base) if p.is_dir()]
+    return {"py_modules": folders} if folders else {}
+
+
+def _init_ray(address: str | None, dashboard: bool, run: RunDir, runtime_env: dict | None = None) -> Any:
     """Start or join Ray with the run's name and folder as the driver job's metadata (the dashboard's Jobs
-    view, ``ray.util.state.list_jobs``); returns Ray's context (``dashboard_url``)."""
+    view, ``ray.util.state.list_jobs``) and, on a cluster, ``runtime_env`` (the user's model modules); returns
+    Ray's context (``dashboard_url``)."""
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     # Ray starts workers at niceness 15; here the trials *are* the job, so they run at normal priority
     # (set RAY_worker_niceness yourself to change it). Applies to the local instance only.
     os.environ.setdefault("RAY_worker_niceness", "0")
     job = JobConfig(metadata={"job_name": f"prunenas {run.path.name}", "prunenas_run": str(run.path)})
     if address:
-        return ray.init(address=address, ignore_reinit_error=True, log_to_driver=True, job_config=job)
+        return ray.init(address=address, ignore_reinit_error=True, log_to_driver=True, job_config=job,
+                        runtime_env=runtime_env or None)
     # "local": always a fresh instance here, never a stray cluster left by `ray start`
     return ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                     ignore_reinit_error=True, job_config=job)
@@ -170,7 +180,7 @@ def _init_ray(address: str | None, dashboard: bool, run: RunDir) -> Any:
 def _start_ray(exp: Experiment, address: str | None, dashboard: bool, run: RunDir) -> None:
     """Start (or join) Ray for ``run`` and check that a trial of ``exp`` fits the cluster; Ray is shut down if
     not."""
-    _init_ray(address, dashboard, run)
+    _init_ray(address, dashboard, run, _user_modules(exp))
     try:
         check_cluster_fits(dataclasses.replace(exp, gpu=_gpus(exp)))
     except PrunenasError:

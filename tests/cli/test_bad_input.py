@@ -54,7 +54,42 @@ def corrupt_idx(tmp):
     return folder
 
 
+def mismatched_weights(tmp):
+    """A state dict of the user's network at another width than the reference's (stem 8 channels, not 12)."""
+    import torch
+
+    from tests.traced_models import user_net
+
+    torch.save(user_net(width=8).state_dict(), tmp / "w.pth")
+
+
+USER = "tests.traced_models:user_net"
+
 CASES = [
+    # model references (a user's module, torchvision, timm)
+    ("ref-unimportable", {}, ["info", "no_such_package.models:net", "--input-shape", "3,8,8"],
+     "cannot import 'no_such_package.models'"),
+    ("ref-not-a-module", {}, ["info", "tests.traced_models:not_a_module", "--input-shape", "3,8,8"],
+     "the factory returned a str, not a torch.nn.Module"),
+    ("ref-untraceable", {}, ["uniform", "tests.traced_models:branchy", "--input-shape", "3,8,8", "--ratio", "0.5"],
+     "cannot be traced by torch.fx at (root): TraceError: symbolically traced variables cannot be used as inputs "
+     "to control flow"),
+    ("ref-shape-rejected", {}, ["train", USER, "--input-shape", "1,16,16", "--data", "synthetic", "--out", "r"],
+     "model 'tests.traced_models:user_net' rejects input 1x16x16: RuntimeError"),
+    ("ref-needs-shape", {}, ["info", USER], "model 'tests.traced_models:user_net' needs an input shape C,H,W"),
+    ("ref-malformed-shape", {}, ["info", USER, "--input-shape", "3,16"], "'3,16' is not C,H,W"),
+    ("ref-weights-do-not-fit", {"w.pth": mismatched_weights},
+     ["propose", "l1-norm", USER, "--input-shape", "3,16,16", "--ratio", "0.5", "--weights", "w.pth",
+      "--out", "r.json"], "does not fit the base network"),
+    ("ref-weights-not-a-state-dict-file", {}, ["propose", "l1-norm", USER, "--input-shape", "3,16,16",
+                                               "--ratio", "0.5", "--weights", "w.txt"],
+     "--weights 'w.txt' must be a state-dict file"),
+    ("ref-flags-on-a-built-in-space", {}, ["info", "tiny-synthetic", "--classes", "3"],
+     "fixes its input shape and classes; --input-shape and --classes apply to model references"),
+    ("space-model-and-family", {"s.yaml": {"family": "tiny", "model": USER, "input_shape": [3, 16, 16]}},
+     ["info", "s.yaml"], "a space names either 'family' (a built-in family) or 'model'"),
+    ("exp-reference-without-shape", {"e.yaml": exp(space=USER)}, ["search", "e.yaml", "--out", "r"],
+     "space: model 'tests.traced_models:user_net' needs an input shape"),
     # experiment files
     ("exp-unknown-key", {"e.yaml": exp(colour="red")}, ["search", "e.yaml", "--out", "r"], "colour: unknown key"),
     ("exp-wrong-type", {"e.yaml": exp(search__num_samples="many")}, ["search", "e.yaml", "--out", "r"],

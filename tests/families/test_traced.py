@@ -20,7 +20,8 @@ from prunenas.families.tracing import analyse
 from prunenas.proposers import Target, propose
 from prunenas.proposers.basemodel import StaticProvider, base_model_from
 from prunenas.proposers.channels import inherit, zero_channels
-from prunenas.references import coverage, traced_space
+from prunenas.references import coverage
+from prunenas.spaces import traced_space
 from tests.conftest import FAMILY_CASES, case_id, random_arch
 
 USER = "tests.traced_models:user_net"
