@@ -71,6 +71,12 @@ class RunDir:
     # -- state --------------------------------------------------------------------------------------------
     def create(self, name: str, experiment_yaml: str) -> None:
         """Make a new run folder; refuses an existing one (use resume)."""
+        self.check_writable()
+        atomic_write_text(self.path / "experiment.yaml", experiment_yaml)
+        self.write_state(name=name, status="running", phase=0, created=_now())
+
+    def check_writable(self) -> None:
+        """Raise unless a new run can be written here: no run yet, and the folder can be made and written."""
         if (self.path / "run.json").exists():
             raise PrunenasError(f"{self.path} already holds a run; continue it with `prunenas resume {self.path}`")
         try:
@@ -80,8 +86,6 @@ class RunDir:
             probe.unlink()
         except OSError as err:
             raise PrunenasError(f"cannot write the run folder {self.path}: {err.strerror}") from None
-        atomic_write_text(self.path / "experiment.yaml", experiment_yaml)
-        self.write_state(name=name, status="running", phase=0, created=_now())
 
     def state(self) -> dict[str, Any]:
         path = self.path / "run.json"

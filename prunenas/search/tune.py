@@ -84,8 +84,9 @@ def run_search(exp: Experiment, out: str | os.PathLike | None = None, *, address
     ``RUN/logs/ray.log``."""
     _check_base_weights(exp)
     run = RunDir(out or Path(exp.storage) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run.check_writable()
     _start_ray(exp, address or exp.address, dashboard, run)  # a trial the cluster cannot hold fails before the
-    # run folder exists
+    # run exists
     source = dict(exp.source, **({"address": address} if address else {}))
     run.create(exp.name, yaml.safe_dump(source, sort_keys=False))
     if cache_dir:
