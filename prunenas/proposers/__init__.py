@@ -12,13 +12,15 @@ scratch. Shared machinery:
 * :mod:`~prunenas.proposers.reconstruction` — sampled activations and per-layer reconstruction problems
   (ThiNet, channel pruning).
 
-Methods: ``l1-norm``, ``slimming``, ``sfp``, ``magnitude``, ``thinet``, ``regression``, ``sss`` (pruning a trained
-network), ``guided`` / ``transferred`` (from a source architecture), ``uniform`` / ``random`` (controls).
+Methods: ``l1-norm``, ``slimming``, ``sfp``, ``magnitude``, ``thinet``, ``regression``, ``sss``, ``activation``
+(pruning a trained network), ``guided`` / ``transferred`` (from a source architecture), ``uniform`` / ``random``
+(controls).
 
 Only fully implemented methods are registered; ``prunenas proposers`` lists them with their parameters.
 """
 
 from prunenas.proposers import (  # noqa: F401  (importing a method module registers it)
+    activation,
     guided,
     l1_norm,
     magnitude,

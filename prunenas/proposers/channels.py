@@ -80,6 +80,41 @@ def producer_refs(layer: Layer) -> list[ChannelRef]:
             for part in range(layer.out_parts)]
 
 
+def removable_blocks(arch: Architecture) -> dict[int, list[int]]:
+    """Removable block id -> its slots (in slot order)."""
+    blocks: dict[int, list[int]] = {}
+    for s, slot in enumerate(arch.slots):
+        if slot.block is not None:
+            blocks.setdefault(slot.block, []).append(s)
+    return blocks
+
+
+def without_blocks(arch: Architecture, blocks: Mapping[int, list[int]], removed: set[int]) -> Architecture:
+    """``arch`` with the slots of the ``removed`` blocks at width 0."""
+    gone = {s for b in removed for s in blocks[b]}
+    return arch.with_widths([0 if s in gone else w for s, w in enumerate(arch.widths)])
+
+
+def branch_names(arch: Architecture) -> dict[int, str]:
+    """Removable block id -> a readable name: its slots' common parent (``layer1.2``), or the slot's own name
+    where blocks share a parent (a transformer block's two branches: ``encoder_layer_0.heads`` / ``.mlp``)."""
+    slots = removable_blocks(arch)
+    parents = {b: arch.slots[ids[0]].name.rsplit(".", 1)[0] for b, ids in slots.items()}
+    shared = {p for p in parents.values() if list(parents.values()).count(p) > 1}
+    return {b: arch.slots[slots[b][0]].name if parents[b] in shared else parents[b] for b in slots}
+
+
+def branch_layers(arch: Architecture) -> dict[int, list[Layer]]:
+    """Removable block id -> the layers of its branch, in module order: those that disappear when it is removed
+    (the first reads the block's input from the residual stream, the last writes the branch's output into it)."""
+    blocks = removable_blocks(arch)
+    out = {}
+    for block in blocks:
+        remaining = {layer.name for layer in without_blocks(arch, blocks, {block}).layers}
+        out[block] = [layer for layer in arch.layers if layer.name not in remaining]
+    return out
+
+
 def inherit_state(
     base_arch: Architecture,
     base_state: Mapping[str, Tensor],

@@ -85,7 +85,7 @@ def slot_scores(
             raise ArchitectureError(f"scored layer {name!r} produces the network's outputs, not a width slot")
         slot = layer.inputs[0] if layer.is_norm else layer.output
         values = _vector(scores, layer.slot_channels, f"scores of layer {name!r}")
-        out[slot] = out.get(slot, 0) + _normalize(values, normalization)
+        out[slot] = out.get(slot, 0) + normalize(values, normalization)
     return out
 
 
@@ -195,7 +195,8 @@ def _vector(values: Tensor | Sequence[float], length: int, what: str) -> Tensor:
     return tensor
 
 
-def _normalize(values: Tensor, normalization: str) -> Tensor:
+def normalize(values: Tensor, normalization: str) -> Tensor:
+    """One layer's scores divided by their largest magnitude, mean magnitude or L2 norm (``"none"``: unchanged)."""
     if normalization == "none":
         return values
     scale = {"max": values.abs().max(), "mean": values.abs().mean(), "l2": values.norm()}[normalization]

@@ -42,6 +42,7 @@ from prunenas.arch import Architecture
 from prunenas.budget import cost_of
 from prunenas.errors import BudgetError
 from prunenas.proposers.basemodel import RegularizerSpec, register_regularizer
+from prunenas.proposers.channels import branch_layers, branch_names, removable_blocks, without_blocks
 from prunenas.proposers.proposal import Proposal, Target, achieved
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
 from prunenas.proposers.scoring import soft_threshold
@@ -52,41 +53,14 @@ SCALE = "sss_scale"
 """Name of the block scale-factor parameter on the branch's last module."""
 
 
-def removable_blocks(arch: Architecture) -> dict[int, list[int]]:
-    """Removable block id -> its slots (in slot order)."""
-    blocks: dict[int, list[int]] = {}
-    for s, slot in enumerate(arch.slots):
-        if slot.block is not None:
-            blocks.setdefault(slot.block, []).append(s)
-    return blocks
-
-
-def without_blocks(arch: Architecture, blocks: Mapping[int, list[int]], removed: set[int]) -> Architecture:
-    """``arch`` with the slots of the ``removed`` blocks at width 0."""
-    gone = {s for b in removed for s in blocks[b]}
-    return arch.with_widths([0 if s in gone else w for s, w in enumerate(arch.widths)])
-
-
-def branch_names(arch: Architecture) -> dict[int, str]:
-    """Removable block id -> a readable name: its slots' common parent (``layer1.2``), or the slot's own name
-    where blocks share a parent (a transformer block's two branches: ``encoder_layer_0.heads`` / ``.mlp``)."""
-    slots = removable_blocks(arch)
-    parents = {b: arch.slots[ids[0]].name.rsplit(".", 1)[0] for b, ids in slots.items()}
-    shared = {p for p in parents.values() if list(parents.values()).count(p) > 1}
-    return {b: arch.slots[slots[b][0]].name if parents[b] in shared else parents[b] for b in slots}
-
-
 def branch_outputs(arch: Architecture) -> dict[int, str]:
     """Removable block id -> module path of its branch's last layer, which writes into the residual stream.
 
     The branch's layers are those that disappear when the block is removed; the last of them in module
     order must produce (or normalise) a residual-tied slot, else the family has no place for the factor.
     """
-    blocks = removable_blocks(arch)
     out = {}
-    for block in blocks:
-        remaining = {layer.name for layer in without_blocks(arch, blocks, {block}).layers}
-        branch = [layer for layer in arch.layers if layer.name not in remaining]
+    for block, branch in branch_layers(arch).items():
         if not branch:
             raise ProposerError(f"removable block {block} of {arch.family} has no layers of its own")
         last = branch[-1]
