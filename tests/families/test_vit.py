@@ -191,3 +191,23 @@ def test_adamw_vit_recipe_decays_weights_only_and_trains():
     data = load_data("synthetic", arch.input_shape, 4, val_size=128, subset=512)
     result = train(arch, data, config, evaluate_test=False)
     assert result.curve[-1]["train_loss"] < result.curve[0]["train_loss"]
+
+
+def test_magnitude_masks_the_linear_weights_of_a_vit():
+    space, provider = planted_vit_provider()
+    proposal = propose("magnitude", space, Target(ratio=0.5), provider)
+    masked = set(proposal.arch.masks.load())
+    assert "encoder.layers.encoder_layer_0.self_attention.in_proj" in masked and "heads.head" not in masked
+    model = provider.get(None).inherit(proposal)
+
+    def layer_macs(nonzero):  # weights x positions: 64 patches for the conv, 65 tokens for the encoder's linears
+        return sum(int((m.weight != 0).sum() if nonzero else m.weight.numel()) * positions
+                   for m, positions in [(model.conv_proj, 64), (model.heads.head, 1)] +
+                   [(m, 65) for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)])
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *space.input_shape))  # the dense kernels: products + every weight
+    products = counter.get_total_flops() // 2 - layer_macs(nonzero=False)
+    assert products == 4 * 2 * 65**2 * 64  # 4 blocks, QK^T and A.V, 65 tokens, 4 heads x 16 features
+    assert count(proposal.arch).macs == layer_macs(nonzero=True) + products
+    assert abs(count(proposal.arch).macs / count(space.base).macs - 0.5) <= 0.01
