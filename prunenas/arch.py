@@ -200,7 +200,8 @@ def validate(arch: Architecture) -> None:
 
 
 def _check_masks(arch: Architecture) -> None:
-    shapes = {layer.name: layer.weight_shape for layer in arch.family_obj.layers(arch) if layer.kind != "bn"}
+    shapes = {layer.name: layer.weight_shape for layer in arch.family_obj.layers(arch)
+              if layer.kind in ("conv", "linear")}
     for name, mask in arch.masks.load().items():
         if name not in shapes:
             raise ArchitectureError(f"mask for {name!r}: the network has no conv/linear layer of that name")

@@ -5,7 +5,9 @@ and the Scratch-E / Scratch-B training epochs.
   included), rounded and clamped by the space, solved so its MACs (or params) match a target within
   +-1%. This is the control every proposal is compared with. Small networks move in coarse steps when
   all widths round together, so the last step rounds up the ``k`` slots whose remainders are largest
-  (each width stays within one rounding unit of base x multiplier).
+  (each width stays within one rounding unit of base x multiplier). Head counts round to whole heads: a
+  transformer with few heads (DeiT-Ti has 3) moves in coarse steps, and when no twin is within +-1% the
+  closest one is returned with its error (:attr:`Twin.error`).
 * :func:`scratch_epochs` — Scratch-E trains for the base schedule; Scratch-B for the same compute:
   ``int(base_epochs x MACs(base) / MACs(arch))`` (optionally capped, the paper caps at 2x on ImageNet),
   with the learning-rate milestones scaled by the same factor.
@@ -104,11 +106,11 @@ def uniform_widths(space: Space, multiplier: float, round_up: int | None = None,
     scaled = [b * multiplier * (1.0 if shape is None else shape[i]) for i, b in enumerate(space.upper)]
     if round_up is None:
         return space.round_widths(scaled)
-    unit = space.multiple_of
-    exact = [w / unit for w in scaled]
+    units = [space.multiple(i) for i in range(len(scaled))]
+    exact = [w / unit for w, unit in zip(scaled, units)]
     order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - math.floor(exact[i])), i))
     up = set(order[:round_up])
-    return tuple(space.round_width(i, (math.floor(x) + (i in up)) * unit) for i, x in enumerate(exact))
+    return tuple(space.round_width(i, (math.floor(x) + (i in up)) * units[i]) for i, x in enumerate(exact))
 
 
 def uniform_twin(space: Space, target: float, match: CostKind = "macs", iterations: int = 60,

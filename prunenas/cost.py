@@ -1,19 +1,26 @@
 """MACs and parameters of an Architecture, computed analytically from its widths.
 
 Convention: MACs = multiply-accumulates of convolution and linear layers for one image (batch 1), the
-unit of torchvision's model cards and of most pruning papers; FLOPs = 2 x MACs, always labelled.
-BatchNorm, activations, pooling and residual additions are not counted. Parameters are exact integer
-counts of all trainable tensors (conv/linear weights and biases, BN weights and biases, per-channel scales).
+unit of torchvision's model cards and of most pruning papers; FLOPs = 2 x MACs, always labelled. A linear
+layer applied to every token of a sequence counts once per token. Transformers add the attention
+products, matrix products between activations that no layer holds: ``QK^T`` and ``A.V`` cost
+``tokens^2 x head_dim`` MACs per head each (:meth:`Family.product_macs
+<prunenas.families.base.Family.product_macs>`), as torchvision's card for ``vit_b_16`` (17.56 GMACs) counts.
+Norms, activations, softmax, pooling and residual additions are not counted. Parameters are exact integer
+counts of all trainable tensors (conv/linear weights and biases, norm weights and biases,
+embeddings, per-channel scales).
 
 For masked (unstructured) architectures, a masked layer counts its non-zero weights: MACs = non-zero
 weights x output positions and params = non-zero weights (+ bias).
 
 The tests prove these numbers equal to thop (with BN/activation counting switched off) and to
-``torch.utils.flop_counter.FlopCounterMode`` / 2 on every family.
+``torch.utils.flop_counter.FlopCounterMode`` / 2 on every family. thop hooks modules only, so it never sees
+the attention products: for transformers it equals the MACs without them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -38,20 +45,14 @@ class Cost:
 
 
 def weight_count(layer: Layer) -> int:
-    """Elements of the layer's weight tensor (batch norm: its scale vector)."""
-    if layer.kind == "conv":
-        return layer.out_channels * (layer.in_channels // layer.groups) * layer.kernel**2
-    if layer.kind == "linear":
-        return layer.out_channels * layer.in_channels
-    return layer.out_channels
+    """Elements of the layer's weight tensor (norm: its scale vector; embedding: its table)."""
+    return math.prod(layer.weight_shape)
 
 
 def layer_macs(layer: Layer, nonzero: int | None = None) -> int:
     """MACs of one layer for one image; ``nonzero`` = non-zero weights of a masked layer."""
     weights = weight_count(layer) if nonzero is None else nonzero
-    if layer.kind == "conv":
-        return weights * layer.out_hw[0] * layer.out_hw[1]
-    if layer.kind == "linear":  # out_hw: positions it is applied at (channels-last tensors), else (1, 1)
+    if layer.kind in ("conv", "linear"):
         return weights * layer.out_hw[0] * layer.out_hw[1]
     return 0
 
@@ -59,7 +60,7 @@ def layer_macs(layer: Layer, nonzero: int | None = None) -> int:
 def layer_params(layer: Layer, nonzero: int | None = None) -> int:
     """Trainable parameters of one layer; ``nonzero`` replaces the weight count of a masked layer."""
     weights = weight_count(layer) if nonzero is None else nonzero
-    if layer.kind == "bn":
+    if layer.is_norm:
         return 2 * layer.out_channels
     if layer.kind == "scale":
         return layer.out_channels
@@ -75,6 +76,7 @@ def count(arch: Architecture) -> Cost:
 def _count(arch: Architecture) -> Cost:
     nonzero = mask_nonzeros(arch)
     macs = sum(layer_macs(layer, nonzero.get(layer.name)) for layer in arch.layers)
+    macs += arch.family_obj.product_macs(arch)
     params = sum(layer_params(layer, nonzero.get(layer.name)) for layer in arch.layers)
     return Cost(macs, params)
 
@@ -111,7 +113,8 @@ def thop_macs(arch: Architecture, count_norm: bool = True) -> int:
     """thop's MAC count of ``arch`` at batch 1, for comparison with papers that used thop.
 
     ``count_norm=True`` is thop's own default (it adds BatchNorm and pooling "ops"); ``False`` switches
-    every non-conv/linear rule off, which must equal :func:`macs`. thop registers buffers on the modules it
+    every non-conv/linear rule off, which must equal :func:`macs` less the attention products (thop hooks
+    modules and cannot see a matrix product between activations). thop registers buffers on the modules it
     profiles, so it always runs on a freshly built throw-away model.
     """
     import thop  # only `prunenas info` compares with thop; it also needs setuptools on Python >= 3.12

@@ -9,6 +9,7 @@ Spaces are YAML files in ``search_spaces/`` (installed with the package), loaded
 reference does not imply them;
 ``multiple_of`` (width rounding, default 1), ``min_width`` (default 1) and ``min_ratio`` (default 0) —
 each slot's lower bound is ``max(min_width, ceil(min_ratio * base))``, its upper bound is the base width;
+slots that count attention heads round to whole heads and ignore ``multiple_of`` and ``min_width``;
 ``recipe`` (the base training recipe), ``scratch_b_cap`` (cap on the Scratch-B epoch multiplier, e.g. 2 on
 ImageNet; none on CIFAR), ``presets`` (named architectures computed from rules, see :mod:`prunenas.presets`)
 and a ``description``.
@@ -72,7 +73,15 @@ class Space:
     @cached_property
     def lower(self) -> tuple[int, ...]:
         """Smallest width per slot (for removable slots: the smallest width when the block is kept)."""
-        return tuple(min(b, max(self.min_width, math.ceil(self.min_ratio * b))) for b in self.upper)
+        return tuple(min(b, max(self._min_width(s), math.ceil(self.min_ratio * b)))
+                     for s, b in enumerate(self.upper))
+
+    def multiple(self, slot: int) -> int:
+        """The rounding unit of a slot's width: ``multiple_of`` for channels, 1 for a count of heads."""
+        return 1 if self.slots[slot].unit == "heads" else self.multiple_of
+
+    def _min_width(self, slot: int) -> int:
+        return 1 if self.slots[slot].unit == "heads" else self.min_width
 
     def arch(self, widths: Sequence[int]) -> Architecture:
         """An architecture of this space with these widths (validated)."""
@@ -80,7 +89,7 @@ class Space:
 
     def round_width(self, slot: int, width: float) -> int:
         """Round to the space's multiple and clamp into the slot's bounds."""
-        rounded = int(round(width / self.multiple_of)) * self.multiple_of
+        rounded = int(round(width / self.multiple(slot))) * self.multiple(slot)
         return min(self.upper[slot], max(self.lower[slot], rounded))
 
     def round_widths(self, widths: Sequence[float]) -> tuple[int, ...]:

@@ -39,14 +39,15 @@ from prunenas.fileio import atomic_write_bytes
 from prunenas.masks import has_masks, reapply_masks
 from prunenas.recipes import RECIPES, Recipe
 
-SCHEDULES = ("step", "cosine", "onecycle", "constant")
-
-
+SCHEDULES = ("step", "cosine", "onecycle", "warmup-cosine", "constant")
+OPTIMIZERS = ("sgd", "adamw")
+WARMUP_FRACTION = 0.1  # warmup-cosine: torchvision's ViT recipe warms up for 30 of 300 epochs
+# Settings added to recipes after run folders existed (the optimiser, distillation), with the value every earlier
+# run used: left out of a configuration's identity at that value, so that keys and checkpoints of earlier runs
+# stay valid.
+LATER_SETTINGS = {"optimizer": "sgd", "temperature": None, "distill_weight": None}
 RUN_ONLY = frozenset({"device", "threads", "compile", "eval_batch_size"})
 """TrainConfig fields that change how a training runs, never what it learns (left out of every cache key)."""
-DISTILL_FIELDS = ("temperature", "distill_weight")
-"""Recipe fields of knowledge distillation: in a cache key only when set, so trainings without a teacher keep
-the keys they had before distillation existed (committed runs, base-model caches)."""
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,10 @@ class TrainConfig(Recipe):
         return config
 
     def identity(self) -> dict[str, Any]:
-        """Every field that determines the trained weights (the run-only ones left out): part of cache keys."""
+        """Every field that determines the trained weights (the run-only ones left out, and a later setting at the
+        value every earlier run used): part of cache keys."""
         return {k: v for k, v in asdict(self).items()
-                if k not in RUN_ONLY and not (k in DISTILL_FIELDS and v is None)}
+                if k not in RUN_ONLY and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
 
     @property
     def distills(self) -> bool:
@@ -101,6 +103,8 @@ class TrainConfig(Recipe):
             raise PrunenasError(f"epochs {self.epochs}, batch_size {self.batch_size} and lr {self.lr} must be positive")
         if self.schedule not in SCHEDULES:
             raise PrunenasError(f"schedule {self.schedule!r} must be one of {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise PrunenasError(f"optimizer {self.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise PrunenasError(f"amp {self.amp!r} must be auto, bf16, fp16 or off")
         if (self.temperature is None) != (self.distill_weight is None):
@@ -325,11 +329,28 @@ def lr_factor(schedule: str, step: int, steps_per_epoch: int, epochs: int, miles
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
     if schedule == "onecycle":  # linear warm-up over 25% of the steps from 0.1, then cosine to 0
-        warm = 0.25 * total
-        if step < warm:
-            return 0.1 + 0.9 * step / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+        return _warmup_cosine(step, total, 0.25 * total, 0.1)
+    if schedule == "warmup-cosine":  # linear warm-up over 10% of the steps from 0, then cosine to 0
+        return _warmup_cosine(step, total, WARMUP_FRACTION * total, 0.0)
     return 1.0
+
+
+def _warmup_cosine(step: int, total: int, warm: float, start: float) -> float:
+    if step < warm:
+        return start + (1 - start) * step / warm
+    return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / (total - warm)))
+
+
+def make_optimizer(model: nn.Module, config: Recipe) -> torch.optim.Optimizer:
+    """SGD over every parameter, or AdamW with weight decay on weights of two or more dimensions only (biases
+    and norm scales are not decayed, as in DeiT and torchvision's ViT recipe)."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def derived_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -349,9 +370,7 @@ class _Run:
         # the trainer's forward; evaluation runs each worker's shard through the bare model, no gradient sync
         self.evaluated = torch.compile(model) if config.compile else model
         self.forward = self.evaluated if self.workers == 1 else self._data_parallel(model)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         nesterov=config.nesterov and config.momentum > 0,
-                                         weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(model, config)
         regularizer.attach(self.optimizer)
         n = len(data.train)
         self.steps_per_epoch = n // config.batch_size if n >= config.batch_size else 1
@@ -461,7 +480,7 @@ class _Run:
 
     def restore(self, path: str | Path) -> int:
         state = torch.load(path, map_location=self.device, weights_only=True)
-        saved = state["config"]
+        saved = {**LATER_SETTINGS, **state["config"]}
         current = _plain(asdict(self.config))
         changed = sorted(k for k in current if k not in RUN_ONLY and saved.get(k) != current[k])
         if changed:

@@ -27,6 +27,7 @@ FAMILY_CASES = [
     ("mobilenetv2", {"width_mult": 0.5}, (3, 64, 64), 20),
     ("mobilenetv2", {"stem": "cifar", "width_mult": 0.5}, (3, 32, 32), 10),
     ("traced", {"model": "tests.traced_models:user_net", "shape": "3,16,16"}, (3, 16, 16), 10),
+    ("vit", {"depth": 3, "embed_dim": 24, "heads": 3, "mlp_dim": 48, "patch": 4}, (3, 16, 16), 10),
 ]
 
 

@@ -103,5 +103,6 @@ def test_mobilenetv2_imagenet_space_equals_torchvision():
 
 @pytest.mark.parametrize("space", space_names())
 def test_every_space_counts_equal_to_thop(space):
+    """thop hooks modules, so it never counts attention's products between activations (family product_macs)."""
     arch = load_space(space).base
-    assert count(arch).macs == thop_macs(arch, count_norm=False)
+    assert count(arch).macs - arch.family_obj.product_macs(arch) == thop_macs(arch, count_norm=False)

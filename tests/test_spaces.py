@@ -10,7 +10,8 @@ from prunenas.spaces import load_space, space_names, spaces_dir
 REQUIRED = ["vgg16-cifar10", "vgg19-cifar10", "vgg19-cifar100", "resnet20-cifar10", "resnet56-cifar10",
             "resnet110-cifar10", "preresnet164-cifar10", "densenet40-cifar10", "resnet18-imagenet",
             "resnet34-imagenet", "resnet50-imagenet", "mobilenetv2-cifar10", "vgg11-fashionmnist",
-            "resnet20-fashionmnist", "tiny-synthetic", "vgg16-imagenet", "vgg16gap-imagenet"]
+            "resnet20-fashionmnist", "tiny-synthetic", "vgg16-imagenet", "vgg16gap-imagenet", "vit-tiny-fashionmnist",
+            "deit-tiny-imagenet", "deit-small-imagenet", "vit-b16-imagenet"]
 
 
 def test_required_spaces_exist():
@@ -49,7 +50,7 @@ def test_fashionmnist_spaces_are_cpu_sized():
 
 
 def test_unknown_space_lists_the_builtins():
-    with pytest.raises(SpaceError, match="unknown space 'nope'; built-in spaces: densenet40-cifar10"):
+    with pytest.raises(SpaceError, match="unknown space 'nope'; built-in spaces: deit-small-imagenet, deit-tiny"):
         load_space("nope")
 
 

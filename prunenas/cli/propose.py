@@ -85,7 +85,7 @@ def run_propose(args: argparse.Namespace) -> int:
         names = [space.slots[s].name for s in p["floored_slots"]]
         print(f"slots held at their minimum width: {', '.join(names)}")
     if p.get("removed_blocks"):
-        print(f"removed blocks: {', '.join(p['removed_blocks'])}")
+        print(f"removed branches: {', '.join(p['removed_blocks'])}")
     if "base_val_acc" in p:
         print(f"base model {p['base_model']} (val {p['base_val_acc']:.2%}); trained now: {provider.trainings}")
     if args.out:

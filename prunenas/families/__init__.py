@@ -15,6 +15,7 @@ from prunenas.families import (  # noqa: F401
     tiny,
     traced,
     vgg,
+    vit,
 )
 from prunenas.families.base import INPUT, Family, Layer, Option, Slot
 from prunenas.families.registry import FAMILIES, register_family

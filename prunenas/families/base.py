@@ -60,8 +60,11 @@ class Slot:
         base: width of the unpruned network.
         stage: index of the feature-map stage (layers sharing a spatial size), used by guided design.
         tied: channels joined by residual connections and produced by several layers.
-        block: id of the removable residual block this slot belongs to (``None``: not removable). All
-            slots of a removable block go to 0 together, which turns the block into the identity.
+        block: id of the removable residual branch this slot belongs to (``None``: not removable). All
+            slots of a removable branch go to 0 together, which turns it into the identity. A CNN residual
+            block has one branch; a transformer block two (attention and MLP), with one id each.
+        unit: what a width counts: ``"channels"`` (features) or ``"heads"`` (attention heads of a fixed
+            head dimension; the space's ``multiple_of`` and ``min_width`` do not apply to them).
     """
 
     name: str
@@ -69,6 +72,7 @@ class Slot:
     stage: int
     tied: bool = False
     block: int | None = None
+    unit: Literal["channels", "heads"] = "channels"
 
     @property
     def removable(self) -> bool:
@@ -77,25 +81,33 @@ class Slot:
 
 @dataclass(frozen=True)
 class Layer:
-    """A conv, linear or batch-norm module of a built network, described analytically.
+    """A conv, linear, norm or embedding module of a built network, described analytically.
 
     Attributes:
         name: module path in the built network (``model.get_submodule(name)``).
-        kind: ``"conv"``, ``"linear"``, ``"bn"`` (batch norm, or a layer norm over the channels) or
-            ``"scale"``: the module's own per-channel parameter (ConvNeXt's layer scale, shape ``(C, 1, 1)``)
-            over the channels of slot ``output``, on dim 0; ``out_channels`` parameters, no MACs.
+        kind: ``"conv"``, ``"linear"``, ``"bn"`` (batch norm, or a layer norm over the channels of a feature
+            map), ``"ln"`` (layer norm over the features of each token: a transformer's), ``"embedding"`` (a
+            learnt ``(positions, features)`` table added to the tokens: class token, position embedding; its
+            features are the slot's channels, along dimension 1) or ``"scale"``: the module's own per-channel
+            parameter (ConvNeXt's layer scale, shape ``(C, 1, 1)``) over the channels of slot ``output``, on
+            dim 0; ``out_channels`` parameters, no MACs.
         inputs: slots whose channels, concatenated in this order, feed the layer (``INPUT``: image).
-        output: slot this layer produces; ``None`` for fixed outputs (classes) and for batch norm, whose
-            channels are its ``inputs``.
-        in_channels, out_channels: channel counts (features for linear layers).
+        output: slot this layer produces; ``None`` for fixed outputs (classes) and for norms, whose
+            channels are their ``inputs``.
+        in_channels, out_channels: channel counts (features for linear layers; positions x features for
+            an embedding).
         kernel, stride, groups, bias: conv geometry; ``groups == in_channels`` marks a depthwise conv.
-        out_hw: output spatial size (conv) — the MAC count of a conv is per output position; for a linear
-            layer applied at several positions (channels-last tensors), the positions as ``(n, 1)``.
-        in_repeat: inputs per channel of a linear layer after a flatten (``h*w``), else 1.
+        out_hw: output positions — a conv's output spatial size; for a linear layer applied at several
+            positions (tokens, channels-last tensors), the positions as ``(n, 1)``; MACs are counted per
+            output position.
+        in_repeat: inputs per channel of a linear layer after a flatten (``h*w``) or per head (the head
+            dimension), else 1.
+        out_repeat: outputs per channel of the output slot (a head's ``head_dim`` rows), else 1.
+        out_parts: stacked copies of the output slot (3: a packed query/key/value projection), else 1.
     """
 
     name: str
-    kind: Literal["conv", "linear", "bn", "scale"]
+    kind: Literal["conv", "linear", "bn", "ln", "embedding", "scale"]
     inputs: tuple[int, ...]
     output: int | None
     in_channels: int
@@ -106,6 +118,8 @@ class Layer:
     bias: bool = False
     out_hw: tuple[int, int] = (1, 1)
     in_repeat: int = 1
+    out_repeat: int = 1
+    out_parts: int = 1
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -113,7 +127,24 @@ class Layer:
             return (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel)
         if self.kind == "linear":
             return (self.out_channels, self.in_channels)
+        if self.kind == "embedding":
+            return (self.in_channels, self.out_channels)
         return (self.out_channels,)
+
+    @property
+    def is_norm(self) -> bool:
+        """A batch or layer norm: its channels are those of its ``inputs``."""
+        return self.kind in ("bn", "ln")
+
+    @property
+    def output_dim(self) -> int:
+        """Tensor dimension of the produced channels (an embedding table holds features along dimension 1)."""
+        return 1 if self.kind == "embedding" else 0
+
+    @property
+    def slot_channels(self) -> int:
+        """Channels of the output slot this layer produces (``out_channels`` without parts and repeats)."""
+        return self.out_channels // (self.out_parts * self.out_repeat)
 
     @property
     def depthwise(self) -> bool:
@@ -141,6 +172,10 @@ class Family(ABC):
     @abstractmethod
     def build(self, arch: Architecture) -> nn.Module:
         """The network with exactly ``arch.widths`` channels per slot, freshly initialised."""
+
+    def product_macs(self, arch: Architecture) -> int:
+        """MACs of products between activations, which no layer holds (attention's QK^T and A.V); default 0."""
+        return 0
 
     def check(self, arch: Architecture) -> None:  # noqa: B027 (optional hook)
         """Family-specific width rules beyond count/bounds (override to add some)."""

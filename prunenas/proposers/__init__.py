@@ -13,13 +13,14 @@ scratch. Shared machinery:
   (ThiNet, channel pruning).
 
 Methods: ``l1-norm``, ``latency-knapsack``, ``slimming``, ``sfp``, ``magnitude``, ``thinet``, ``regression``,
-``sss`` (pruning a trained network), ``guided`` / ``transferred`` (from a source architecture), ``uniform`` /
-``random`` (controls).
+``sss``, ``activation`` (pruning a trained network), ``guided`` / ``transferred`` (from a source architecture),
+``uniform`` / ``random`` (controls).
 
 Only fully implemented methods are registered; ``prunenas proposers`` lists them with their parameters.
 """
 
 from prunenas.proposers import (  # noqa: F401  (importing a method module registers it)
+    activation,
     guided,
     l1_norm,
     latency_knapsack,

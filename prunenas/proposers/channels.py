@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from prunenas.arch import Architecture
 from prunenas.errors import ArchitectureError
-from prunenas.families.base import INPUT
+from prunenas.families.base import INPUT, Layer
 from prunenas.masks import has_masks, reapply_masks
 
 
@@ -59,17 +59,60 @@ def channel_refs(arch: Architecture) -> dict[int, list[ChannelRef]]:
             raise ArchitectureError(f"layer {layer.name!r} is a grouped convolution (groups={layer.groups}); "
                                     "only dense and depthwise convolutions are supported")
         if layer.output is not None:
-            refs[layer.output].append(ChannelRef(layer.name, "produce", 0, 0))
+            refs[layer.output] += producer_refs(layer)
         if layer.depthwise:  # weight (C, 1, k, k): its input channels are its output channels
             continue
-        role: Literal["norm", "consume"] = "norm" if layer.kind == "bn" else "consume"
-        dim, repeat = (0, 1) if layer.kind == "bn" else (1, layer.in_repeat)
+        role: Literal["norm", "consume"] = "norm" if layer.is_norm else "consume"
+        dim, repeat = (0, 1) if layer.is_norm else (1, layer.in_repeat)
         offset = 0
         for slot in layer.inputs:
             if slot != INPUT:
                 refs[slot].append(ChannelRef(layer.name, role, dim, offset * repeat, repeat))
             offset += arch.input_shape[0] if slot == INPUT else arch.widths[slot]
     return refs
+
+
+def producer_refs(layer: Layer) -> list[ChannelRef]:
+    """Where a producer's output slot sits in its tensors: one ref per stacked part (a packed query/key/value
+    projection has three), each channel ``out_repeat`` consecutive rows (a head's ``head_dim``)."""
+    width = layer.slot_channels
+    return [ChannelRef(layer.name, "produce", layer.output_dim, part * width * layer.out_repeat, layer.out_repeat)
+            for part in range(layer.out_parts)]
+
+
+def removable_blocks(arch: Architecture) -> dict[int, list[int]]:
+    """Removable block id -> its slots (in slot order)."""
+    blocks: dict[int, list[int]] = {}
+    for s, slot in enumerate(arch.slots):
+        if slot.block is not None:
+            blocks.setdefault(slot.block, []).append(s)
+    return blocks
+
+
+def without_blocks(arch: Architecture, blocks: Mapping[int, list[int]], removed: set[int]) -> Architecture:
+    """``arch`` with the slots of the ``removed`` blocks at width 0."""
+    gone = {s for b in removed for s in blocks[b]}
+    return arch.with_widths([0 if s in gone else w for s, w in enumerate(arch.widths)])
+
+
+def branch_names(arch: Architecture) -> dict[int, str]:
+    """Removable block id -> a readable name: its slots' common parent (``layer1.2``), or the slot's own name
+    where blocks share a parent (a transformer block's two branches: ``encoder_layer_0.heads`` / ``.mlp``)."""
+    slots = removable_blocks(arch)
+    parents = {b: arch.slots[ids[0]].name.rsplit(".", 1)[0] for b, ids in slots.items()}
+    shared = {p for p in parents.values() if list(parents.values()).count(p) > 1}
+    return {b: arch.slots[slots[b][0]].name if parents[b] in shared else parents[b] for b in slots}
+
+
+def branch_layers(arch: Architecture) -> dict[int, list[Layer]]:
+    """Removable block id -> the layers of its branch, in module order: those that disappear when it is removed
+    (the first reads the block's input from the residual stream, the last writes the branch's output into it)."""
+    blocks = removable_blocks(arch)
+    out = {}
+    for block in blocks:
+        remaining = {layer.name for layer in without_blocks(arch, blocks, {block}).layers}
+        out[block] = [layer for layer in arch.layers if layer.name not in remaining]
+    return out
 
 
 def inherit_state(
@@ -172,8 +215,14 @@ def zero_channels(model: nn.Module, arch: Architecture, dropped: Mapping[int, Se
 
     Parameter-free paths that could carry values into dropped channels (the option-A zero-pad shortcut) are
     cut by the family's :meth:`~prunenas.families.base.Family.zero_buffers` hook.
+
+    Channels under a layer norm (a transformer's residual stream) cannot be dropped this way: the norm's mean
+    and variance run over every channel, zeros included, so zeroing does not compute what the pruned network
+    computes. Such requests raise :class:`~prunenas.errors.ArchitectureError`. Heads and MLP neurons can: a head
+    with zero query, key and value rows attends uniformly to zero values and adds nothing.
     """
     full = _full_dropped(arch, dropped)
+    _check_zeroable(arch, full)
     for slot, refs in channel_refs(arch).items():
         for ref in refs if full.get(slot) else ():
             if ref.role != "consume":
@@ -181,6 +230,14 @@ def zero_channels(model: nn.Module, arch: Architecture, dropped: Mapping[int, Se
     for name in _removed_layers(arch, full):
         _fill(model.get_submodule(name), 0, None)
     arch.family_obj.zero_buffers(arch, model, full)
+
+
+def _check_zeroable(arch: Architecture, dropped: Mapping[int, Sequence[int]]) -> None:
+    for layer in arch.layers:
+        if layer.kind == "ln" and any(dropped.get(s) for s in layer.inputs):
+            slot = next(s for s in layer.inputs if dropped.get(s))
+            raise ArchitectureError(f"slot {slot} ({arch.slots[slot].name!r}) is normalised by layer norm "
+                                    f"{layer.name!r}: zeroing its channels does not emulate removing them")
 
 
 def _fill(module: nn.Module, dim: int, positions: Tensor | None) -> None:

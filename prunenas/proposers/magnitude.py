@@ -29,17 +29,24 @@ from prunenas.fileio import atomic_write_bytes, file_sha256
 from prunenas.proposers.basemodel import BaseModel
 from prunenas.proposers.proposal import Proposal, Target, achieved
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
+from prunenas.proposers.scoring import convolutions_score_no_slot
 from prunenas.spaces import Space
 
 
 def prunable(arch: Architecture) -> list[Layer]:
+    """The conv layers; in a transformer (no conv produces a prunable width) its linear layers and patch embedding
+    (every conv/linear layer but the classifier)."""
+    if convolutions_score_no_slot(arch):
+        return [layer for layer in arch.layers if layer.kind in ("conv", "linear") and layer.output is not None]
     return [layer for layer in arch.layers if layer.kind == "conv"]
 
 
 def masked_cost(arch: Architecture, nonzero: Mapping[str, int], match: str) -> int:
-    """MACs (or params) of ``arch`` if its prunable layers had ``nonzero`` weights."""
-    fn = layer_macs if match == "macs" else layer_params
-    return sum(fn(layer, nonzero.get(layer.name)) for layer in arch.layers)
+    """MACs (or params) of ``arch`` if its prunable layers had ``nonzero`` weights (attention products included)."""
+    if match == "macs":
+        return sum(layer_macs(layer, nonzero.get(layer.name)) for layer in arch.layers) + \
+            arch.family_obj.product_macs(arch)
+    return sum(layer_params(layer, nonzero.get(layer.name)) for layer in arch.layers)
 
 
 def _nonzero_at(sorted_abs: Mapping[str, torch.Tensor], threshold: float, floor: Mapping[str, int]) -> dict[str, int]:

@@ -79,7 +79,7 @@ def consumers(arch: Architecture, slot: int) -> list[Consumer]:
     """The conv/linear layers that read ``slot`` as input channels (depthwise convs excluded: they produce it)."""
     out = []
     for layer in arch.layers:
-        if layer.kind == "bn" or layer.depthwise:
+        if layer.is_norm or layer.depthwise:
             continue
         offset = 0
         for s in layer.inputs:
@@ -186,9 +186,20 @@ def _slot_patches(x: Tensor, module: nn.Module, consumer: Consumer, width: int, 
     layer = consumer.layer
     if layer.kind == "linear":
         rep = layer.in_repeat
-        features = x.flatten(1)[:, consumer.offset * rep:(consumer.offset + width) * rep]
-        return features.reshape(len(x), width, rep)
+        features = _token_samples(x, locations, generator) if x.dim() > 2 else x
+        features = features[:, consumer.offset * rep:(consumer.offset + width) * rep]
+        return features.reshape(len(features), width, rep)
     return _conv_patches(x[:, consumer.offset:consumer.offset + width], module, locations, generator)
+
+
+def _token_samples(x: Tensor, locations: int, generator: torch.Generator) -> Tensor:
+    """A linear layer applied at every position (tokens, channels-last maps): ``locations`` random positions per
+    image, their features as ``(N * m, features)``."""
+    n, features = len(x), x.shape[-1]
+    x = x.reshape(n, -1, features)
+    m = min(locations, x.shape[1])
+    chosen = torch.rand(n, x.shape[1], generator=generator).argsort(dim=1)[:, :m].to(x.device)
+    return x[torch.arange(n, device=x.device)[:, None], chosen].reshape(n * m, features)
 
 
 def _conv_patches(x: Tensor, conv: nn.Module, locations: int, generator: torch.Generator) -> Tensor:

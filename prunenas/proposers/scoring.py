@@ -20,14 +20,26 @@ if TYPE_CHECKING:
     from prunenas.proposers.basemodel import BaseModel
 
 
-def filter_norms(arch: Architecture, state: Mapping[str, Tensor], p: int = 1) -> dict[str, Tensor]:
-    """Lp norm of every output filter of every conv that produces a slot (Li et al.: p=1; He et al. SFP: p=2)."""
+def filter_norms(arch: Architecture, state: Mapping[str, Tensor], p: int = 1,
+                 linear: bool = False) -> dict[str, Tensor]:
+    """Lp norm of every output filter of every conv that produces a slot (Li et al.: p=1; He et al. SFP: p=2).
+
+    With ``linear``, linear layers that produce a slot are scored too, one norm per slot channel: an MLP
+    neuron by its ``fc1`` row, an attention head by all its rows of the query, key and value projection.
+    """
     out = {}
     for layer in arch.layers:
-        if layer.kind == "conv" and layer.output is not None:
+        if layer.output is not None and (layer.kind == "conv" or (linear and layer.kind == "linear")):
             weight = state[f"{layer.name}.weight"].detach().double()
-            out[layer.name] = weight.flatten(1).norm(p=p, dim=1)
+            per_channel = weight.view(layer.out_parts, layer.slot_channels, layer.out_repeat, -1).transpose(0, 1)
+            out[layer.name] = per_channel.flatten(1).norm(p=p, dim=1)
     return out
+
+
+def convolutions_score_no_slot(arch: Architecture) -> bool:
+    """No conv produces a prunable (untied) slot: a transformer, whose widths linear layers produce."""
+    return not any(layer.kind == "conv" and layer.output is not None and not arch.slots[layer.output].tied
+                   for layer in arch.layers)
 
 
 def bn_scales_by_slot(arch: Architecture, state: Mapping[str, Tensor]) -> dict[int, Tensor]:

@@ -10,9 +10,9 @@ selectors then choose how many channels each slot keeps, and which:
   scores lies;
 * :func:`select_widths` — given widths (e.g. a preset), keeping each slot's highest-scoring channels.
 
-Widths are rounded up to the space's ``multiple_of`` and clamped into the space's bounds; slots that would
-fall below their lower bound are raised to it (itself rounded up to ``multiple_of``, capped at the base width)
-and reported (the seed crashed on zero-width layers).
+Widths are rounded up to the space's ``multiple_of`` (head counts: to whole heads) and clamped into the space's
+bounds; slots that would fall below their lower bound are raised to it (itself rounded up to ``multiple_of``,
+capped at the base width) and reported (the seed crashed on zero-width layers).
 Removable blocks are removed only on request. Cross-slot rules of the family (e.g. non-decreasing
 option-A stream widths) are restored with :meth:`Family.repair_widths
 <prunenas.families.base.Family.repair_widths>`, which only raises widths.
@@ -78,14 +78,14 @@ def slot_scores(
         layer = layers.get(name)
         if layer is None:
             raise ArchitectureError(f"scored layer {name!r} is not a conv, linear or batch-norm layer of the network")
-        if layer.kind == "bn" and len(layer.inputs) != 1:
+        if layer.is_norm and len(layer.inputs) != 1:
             raise ArchitectureError(f"scored layer {name!r} normalises {len(layer.inputs)} concatenated slots; "
                                     "score the producers of those slots instead")
-        if layer.kind != "bn" and layer.output is None:
+        if not layer.is_norm and layer.output is None:
             raise ArchitectureError(f"scored layer {name!r} produces the network's outputs, not a width slot")
-        slot = layer.inputs[0] if layer.kind == "bn" else layer.output
-        values = _vector(scores, layer.out_channels, f"scores of layer {name!r}")
-        out[slot] = out.get(slot, 0) + _normalize(values, normalization)
+        slot = layer.inputs[0] if layer.is_norm else layer.output
+        values = _vector(scores, layer.slot_channels, f"scores of layer {name!r}")
+        out[slot] = out.get(slot, 0) + normalize(values, normalization)
     return out
 
 
@@ -195,7 +195,8 @@ def _vector(values: Tensor | Sequence[float], length: int, what: str) -> Tensor:
     return tensor
 
 
-def _normalize(values: Tensor, normalization: str) -> Tensor:
+def normalize(values: Tensor, normalization: str) -> Tensor:
+    """One layer's scores divided by their largest magnitude, mean magnitude or L2 norm (``"none"``: unchanged)."""
     if normalization == "none":
         return values
     scale = {"max": values.abs().max(), "mean": values.abs().mean(), "l2": values.norm()}[normalization]
@@ -221,8 +222,9 @@ def _widths_at(
     """Widths (and floored slots) for a threshold; ``ordered`` holds each slot's scores sorted ascending."""
     key = torch.tensor([threshold], dtype=torch.float64)
     counts = {s: len(v) - int(torch.searchsorted(v, key, right=True)) for s, v in ordered.items()}
-    unit, widths, floored = space.multiple_of, list(space.upper), []
+    widths, floored = list(space.upper), []
     for s, count in counts.items():
+        unit = space.multiple(s)
         width = min(space.upper[s], -(-count // unit) * unit)
         floor = min(space.upper[s], -(-space.lower[s] // unit) * unit)
         if width < floor:

@@ -1,20 +1,26 @@
 """Sparse Structure Selection (Huang & Wang, "Data-Driven Sparse Structure Selection for Deep Neural
-Networks", ECCV 2018): learnable scale factors on residual blocks, trained sparse, choose the depth.
+Networks", ECCV 2018): learnable scale factors on residual branches, trained sparse, choose the depth.
+
+"Block" below means a removable residual branch (:attr:`~prunenas.families.base.Slot.block`): a CNN residual
+block has one, a transformer block two (attention and MLP), each with its own factor, so SSS removes the
+attention and MLP branches of a ViT independently.
 
 The output of every removable block's residual branch is multiplied by a scalar ``lambda_b`` (initialised
 to 1). The base network is trained with the penalty ``gamma * sum_b |lambda_b|`` by proximal gradient:
 after each optimiser step the factors go through the soft threshold ``lambda <- sign(lambda) max(|lambda| -
 lr * gamma, 0)`` (:func:`soft_threshold`; ``lr`` is the step's learning rate). The SGD momentum the
 factors share with the weights makes this the momentum form of the paper's accelerated proximal gradient;
-weight decay applies to them as to every parameter. A block whose factor is exactly 0 computes the
-identity (its branch adds nothing), so removing it — all its inner widths 0 — changes nothing.
+SGD's weight decay applies to them as to every parameter (AdamW recipes do not decay scalars). A block whose
+factor is exactly 0 computes the identity (its branch adds nothing), so removing it — all its inner widths 0 —
+changes nothing.
 
 The factor sits on the branch's last module, the one that writes into the residual stream (found from
 the family's layer list: the last layer that exists only while the block does — ``layer1.1.bn2`` in
 ``resnet_cifar``, ``conv3`` in ``preresnet``, the projection's batch norm of a MobileNetV2 inverted
-residual), as a parameter named ``sss_scale`` scaled in by a forward hook. It is saved with the base model
-as an extra state-dict key; :meth:`~prunenas.proposers.basemodel.BaseModel.architecture_state` folds it
-into that module's weights (:func:`fold_block_scales`), so the fine-tune and lottery arms inherit a network
+residual, ``self_attention.out_proj`` and ``mlp.3`` in ``vit``), as a parameter named ``sss_scale`` scaled in
+by a forward hook. It is saved with the base model as an extra state-dict key;
+:meth:`~prunenas.proposers.basemodel.BaseModel.architecture_state` folds it into that module's weights
+(:func:`fold_block_scales`), so the fine-tune and lottery arms inherit a network
 that computes what the trained one did.
 
 Targets: without one, blocks whose ``|lambda| <= threshold`` are removed (the penalty decides the depth);
@@ -36,6 +42,7 @@ from prunenas.arch import Architecture
 from prunenas.budget import cost_of, tolerance_of
 from prunenas.errors import BudgetError
 from prunenas.proposers.basemodel import RegularizerSpec, register_regularizer
+from prunenas.proposers.channels import branch_layers, branch_names, removable_blocks, without_blocks
 from prunenas.proposers.proposal import Proposal, Target, achieved
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
 from prunenas.proposers.scoring import soft_threshold
@@ -46,32 +53,14 @@ SCALE = "sss_scale"
 """Name of the block scale-factor parameter on the branch's last module."""
 
 
-def removable_blocks(arch: Architecture) -> dict[int, list[int]]:
-    """Removable block id -> its slots (in slot order)."""
-    blocks: dict[int, list[int]] = {}
-    for s, slot in enumerate(arch.slots):
-        if slot.block is not None:
-            blocks.setdefault(slot.block, []).append(s)
-    return blocks
-
-
-def without_blocks(arch: Architecture, blocks: Mapping[int, list[int]], removed: set[int]) -> Architecture:
-    """``arch`` with the slots of the ``removed`` blocks at width 0."""
-    gone = {s for b in removed for s in blocks[b]}
-    return arch.with_widths([0 if s in gone else w for s, w in enumerate(arch.widths)])
-
-
 def branch_outputs(arch: Architecture) -> dict[int, str]:
     """Removable block id -> module path of its branch's last layer, which writes into the residual stream.
 
     The branch's layers are those that disappear when the block is removed; the last of them in module
     order must produce (or normalise) a residual-tied slot, else the family has no place for the factor.
     """
-    blocks = removable_blocks(arch)
     out = {}
-    for block in blocks:
-        remaining = {layer.name for layer in without_blocks(arch, blocks, {block}).layers}
-        branch = [layer for layer in arch.layers if layer.name not in remaining]
+    for block, branch in branch_layers(arch).items():
         if not branch:
             raise ProposerError(f"removable block {block} of {arch.family} has no layers of its own")
         last = branch[-1]
@@ -195,8 +184,8 @@ def sss(space: Space, target: Target, provider: Any, params: Mapping[str, Any], 
     if target.preset is not None:
         raise ProposerError("proposer 'sss' has no presets")
     if not removable_blocks(space.base):
-        raise ProposerError(f"proposer 'sss' removes residual blocks; space {space.name!r} ({space.family}) has no "
-                            "removable blocks")
+        raise ProposerError(f"proposer 'sss' removes residual branches; space {space.name!r} ({space.family}) has no "
+                            "removable branches (allowed: spaces of residual families, e.g. resnet, vit)")
     base = provider.get(sss_spec(space, target, params))
     scales = block_scales(base.arch, base.trained_state)
     if not all(map(torch.isfinite, map(torch.tensor, scales.values()))):
@@ -204,7 +193,7 @@ def sss(space: Space, target: Target, provider: Any, params: Mapping[str, Any], 
     removed = blocks_to_remove(space, scales, target, params["threshold"])
     arch = without_blocks(space.base, removable_blocks(space.base), set(removed))
     kept = {s: tuple(range(w)) for s, w in enumerate(arch.widths)}
-    names = {b: space.slots[slots[0]].name.rsplit(".", 1)[0] for b, slots in removable_blocks(space.base).items()}
+    names = branch_names(space.base)
     provenance: dict[str, Any] = {
         **achieved(space, arch, target.cost_kind(space)), "base_model": base.key, "base_val_acc": base.val_acc,
         "block_scales": {names[b]: round(v, 6) for b, v in sorted(scales.items())},

@@ -143,7 +143,8 @@ def test_frozen_channels_are_listed_with_node_and_op():
 
 
 # -- the hand-written families ----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", [c for c in FAMILY_CASES if c[0] != "traced"], ids=case_id)
+# the vit family is left out: the traced family refuses attention (products between activations it cannot describe)
+@pytest.mark.parametrize("case", [c for c in FAMILY_CASES if c[0] not in ("traced", "vit")], ids=case_id)
 def test_tracing_a_family_module_gives_its_slots_macs_and_params(case):
     family, options, shape, classes = case
     native = Architecture.create(family, None, options, shape, classes)

@@ -22,7 +22,7 @@ from prunenas.spaces import load_space
 CONTRACT_SPACES = ["tiny-synthetic", "vgg11-fashionmnist", "resnet20-fashionmnist"]
 # (method, space) pairs a method legitimately cannot serve, and the error it must raise instead:
 # sss only removes residual blocks, and VGG has none.
-UNSUPPORTED = {("sss", "vgg11-fashionmnist"): (ProposerError, "has no removable blocks")}
+UNSUPPORTED = {("sss", "vgg11-fashionmnist"): (ProposerError, "has no removable branches")}
 # guided/transferred derive widths from a source architecture: the same network, or another of the family.
 TRANSFER_SOURCES = {"vgg11-fashionmnist": "vgg16-cifar10:A", "resnet20-fashionmnist": "resnet56-cifar10:B"}
 

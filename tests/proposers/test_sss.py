@@ -1,5 +1,6 @@
 """Sparse Structure Selection: the proximal step, where the factors sit, factor 0 = block removed, the factors
-in the base-model cache, targets by penalty and by MACs, and a real Fashion-MNIST ResNet losing blocks."""
+in the base-model cache, targets by penalty and by MACs, a real Fashion-MNIST ResNet losing blocks, and a ViT
+losing attention and MLP branches independently."""
 
 import math
 import subprocess
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from prunenas.cli.main import main
 from prunenas.cost import count
 from prunenas.data import load_data
 from prunenas.errors import BudgetError
@@ -18,6 +20,7 @@ from prunenas.proposers.channels import inherit
 from prunenas.proposers.sss import (
     SCALE,
     BlockScales,
+    branch_names,
     branch_outputs,
     fold_block_scales,
     install_block_scales,
@@ -30,7 +33,7 @@ from prunenas.train import TrainConfig, train
 
 from ..conftest import FAMILY_CASES, case_id, make_arch
 
-WITH_BLOCKS = [c for c in FAMILY_CASES if c[0] in ("tiny", "resnet_cifar", "preresnet", "resnet", "mobilenetv2")
+WITH_BLOCKS = [c for c in FAMILY_CASES if c[0] in ("tiny", "resnet_cifar", "preresnet", "resnet", "mobilenetv2", "vit")
                and c[1].get("blocks", 1) > 0]
 
 
@@ -60,6 +63,7 @@ def test_regulariser_shrinks_the_factors_by_the_steps_learning_rate_times_gamma(
 @pytest.mark.parametrize(("family", "expected"), [
     ("tiny", "blocks.1.bn2"), ("resnet_cifar", "layer1.1.bn2"), ("preresnet", "layer1.1.conv3"),
     ("resnet", "layer1.1.bn2"), ("mobilenetv2", "features.3.conv.3"),
+    ("vit", "encoder.layers.encoder_layer_1.self_attention.out_proj"), ("vit", "encoder.layers.encoder_layer_1.mlp.3"),
 ])
 def test_factor_sits_on_the_module_writing_into_the_residual_stream(family, expected):
     case = next(c for c in WITH_BLOCKS if c[0] == family)
@@ -110,7 +114,7 @@ def test_targets_by_penalty_and_by_macs_remove_the_smallest_factors():
     assert all(by_macs.kept[s] == () for s in range(len(wanted.widths)) if wanted.widths[s] == 0)
     with pytest.raises(BudgetError, match="unreachable by removing blocks"):
         propose("sss", space, Target(ratio=0.1), provider)
-    with pytest.raises(ProposerError, match="has no removable blocks"):
+    with pytest.raises(ProposerError, match="has no removable branches"):
         propose("sss", load_space("vgg11-fashionmnist"), Target(ratio=0.5), provider)
     with pytest.raises(ProposerError, match="has no presets"):
         propose("sss", space, Target(preset="A"), provider)
@@ -154,3 +158,48 @@ def test_sss_cli(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert '"removed_blocks"' in proc.stdout and "regulariser sss" in proc.stderr
+
+
+def vit_without(space, names):
+    """The base ViT with the named branches removed, written by hand: a heads or MLP slot set to 0."""
+    return space.base.with_widths([0 if slot.name in names else w for slot, w in zip(space.slots, space.upper)])
+
+
+def test_vit_has_one_factor_per_attention_and_mlp_branch_and_targets_remove_the_smallest():
+    space = load_space("vit-tiny-fashionmnist")  # 4 blocks: 8 branches, attention then MLP per block
+    names = [f"encoder_layer_{b}.{part}" for b in range(4) for part in ("heads", "mlp")]
+    assert list(branch_names(space.base).values()) == names
+    assert len(set(branch_outputs(space.base).values())) == 8
+    provider = scaled_base(space, [0.9, 0.0, 0.3, 0.8, -0.05, 0.7, 0.6, 0.0])
+    by_penalty = propose("sss", space, Target(), provider)
+    assert by_penalty.provenance["removed_blocks"] == ["encoder_layer_0.mlp", "encoder_layer_3.mlp"]
+    assert by_penalty.arch == vit_without(space, {"encoder_layer_0.mlp", "encoder_layer_3.mlp"})
+    wanted = vit_without(space, {"encoder_layer_0.mlp", "encoder_layer_3.mlp", "encoder_layer_2.heads"})
+    by_macs = propose("sss", space, Target(cost=count(wanted).macs), provider)
+    assert by_macs.arch == wanted  # |factor| order: 0, 0, 0.05 (an attention branch), 0.3
+    model = by_macs.arch.build()
+    assert not hasattr(model.encoder.layers.encoder_layer_2, "self_attention")
+    assert hasattr(model.encoder.layers.encoder_layer_2, "mlp")
+
+
+def test_sss_removes_branches_of_a_vit_at_a_strong_penalty(tmp_path):
+    space = load_space("vit-tiny-fashionmnist")
+    provider = BaseModelProvider(space, dataset="synthetic", epochs=2, subset=1500, val_size=200, cache_dir=tmp_path,
+                                 threads=1, log=None)
+    proposal = propose("sss", space, Target(), provider, {"gamma": 30.0})
+    base = provider.get(RegularizerSpec.of("sss", gamma=30.0))
+    scales, removed = proposal.provenance["block_scales"], proposal.provenance["removed_blocks"]
+    assert len(scales) == 8 and 1 <= len(removed) < 8 and all(scales[name] == 0.0 for name in removed)
+    assert proposal.arch == vit_without(space, set(removed))
+    trained = space.base.build()
+    install_block_scales(trained, space.base)
+    trained.load_state_dict(base.trained_state)
+    x = torch.randn(4, *space.input_shape)
+    with torch.no_grad():  # removed factors are exactly 0 and the kept ones are folded: the same function
+        assert torch.allclose(base.inherit(proposal).eval()(x), trained.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_branch_removal_on_a_family_without_removable_branches_is_one_line_and_exit_2(tmp_path, capsys):
+    code = main(["propose", "sss", "vgg11-fashionmnist", "--ratio", "0.5", "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "has no removable branches" in err

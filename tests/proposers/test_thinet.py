@@ -177,9 +177,13 @@ def test_gram_matrix_gives_the_real_output_change_in_every_family(case):
             after.inputs == (consumer.layer.output,) else None
 
         def output(channels, inputs=captured[0], module=module, norm=norm, consumer=consumer):
-            cut = inputs.clone().view(len(inputs), inputs.shape[1] // consumer.layer.in_repeat
-                                      if consumer.layer.kind == "linear" else inputs.shape[1], -1)
-            cut[:, [consumer.offset + c for c in channels]] = 0
+            if consumer.layer.kind == "linear" and inputs.dim() > 2:  # applied to every token: features last
+                cut = inputs.clone().view(*inputs.shape[:-1], inputs.shape[-1] // consumer.layer.in_repeat, -1)
+                cut[..., [consumer.offset + c for c in channels], :] = 0
+            else:
+                cut = inputs.clone().view(len(inputs), inputs.shape[1] // consumer.layer.in_repeat
+                                          if consumer.layer.kind == "linear" else inputs.shape[1], -1)
+                cut[:, [consumer.offset + c for c in channels]] = 0
             with torch.no_grad():
                 y = module(cut.view_as(inputs))
                 return norm(y) if norm is not None else y
