@@ -231,9 +231,7 @@ def train(
         TrainingDiverged: the loss became NaN/inf (with epoch and step).
     """
     config.validate()
-    if config.distills != (teacher is not None):
-        raise PrunenasError("a distilling recipe needs a teacher, and a teacher needs a distilling recipe "
-                            f"(temperature {config.temperature}, distill_weight {config.distill_weight})")
+    _check_teacher(config, teacher)
     rank, workers = world()
     check_batch_split(config.batch_size, workers)
     regularizer = regularizer or Regularizer()
@@ -251,23 +249,41 @@ def train(
     for epoch in range(start, config.epochs):
         metrics = run.epoch(epoch)
         if checkpoint:
-            if rank == 0:
-                run.save(checkpoint, epoch + 1)
-            distributed.barrier()  # no worker runs ahead of a checkpoint a restarted group would resume from
-            fault_point("train.checkpoint", epoch=epoch + 1)
+            _save_checkpoint(run, checkpoint, epoch + 1, rank)
         if on_epoch:
             on_epoch(metrics)
     val_acc, val_loss = run.evaluate(data.val)
     test_acc, test_loss = run.evaluate(data.test) if evaluate_test else (None, None)
     distributed.local_batchnorm(model)
+    return _result(run, arch, (val_acc, val_loss), (test_acc, test_loss))
+
+
+def _result(run: _Run, arch: Architecture | None, val: tuple[float, float],
+            test: tuple[float | None, float | None]) -> TrainResult:
+    """The TrainResult of a finished run: final accuracies and losses, throughput, cost and curve."""
     trained_images = sum(m["images"] for m in run.curve)
     train_seconds = sum(m["train_seconds"] for m in run.curve)
     return TrainResult(
-        val_acc=val_acc, val_loss=val_loss, test_acc=test_acc, test_loss=test_loss, epochs=config.epochs,
+        val_acc=val[0], val_loss=val[1], test_acc=test[0], test_loss=test[1], epochs=run.config.epochs,
         steps=run.steps, images_per_s=trained_images / train_seconds if train_seconds else 0.0,
         seconds=sum(m["seconds"] for m in run.curve), macs=count(arch).macs if arch is not None else None,
-        params=sum(p.numel() for p in model.parameters()), curve=run.curve, model=model,
+        params=sum(p.numel() for p in run.model.parameters()), curve=run.curve, model=run.model,
     )
+
+
+def _save_checkpoint(run: _Run, checkpoint: str | Path, epochs_done: int, rank: int) -> None:
+    """Rank 0 writes the checkpoint; no worker runs ahead of a checkpoint a restarted group would resume from."""
+    if rank == 0:
+        run.save(checkpoint, epochs_done)
+    distributed.barrier()
+    fault_point("train.checkpoint", epoch=epochs_done)
+
+
+def _check_teacher(config: TrainConfig, teacher: nn.Module | None) -> None:
+    """A distilling config and a teacher come together or not at all."""
+    if config.distills != (teacher is not None):
+        raise PrunenasError("a distilling recipe needs a teacher, and a teacher needs a distilling recipe "
+                            f"(temperature {config.temperature}, distill_weight {config.distill_weight})")
 
 
 def _model_on_device(target: Architecture | nn.Module, config: TrainConfig, device: torch.device,
