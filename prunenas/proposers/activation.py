@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from prunenas.arch import Architecture
 from prunenas.proposers.channels import branch_layers, branch_names, removable_blocks
 from prunenas.proposers.proposal import Proposal, Target
-from prunenas.proposers.reconstruction import Consumer, calibration_images, consumers
+from prunenas.proposers.reconstruction import Consumer, calibration_images, consumers, run_hooked
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
 from prunenas.proposers.scoring import nonfinite_guard, select, to_proposal, untied
 from prunenas.proposers.select import NORMALIZATIONS, normalize
@@ -57,7 +57,7 @@ def channel_activations(model: nn.Module, arch: Architecture, batches: Iterable[
                 counts[key] = counts.get(key, 0) + values.shape[0] * values.shape[2]
         return run
 
-    _run_hooked(model, batches, {name: hook(name) for name in by_layer}, pre=True)
+    run_hooked(model, batches, {name: hook(name) for name in by_layer})
     out: dict[int, list[Tensor]] = {}
     for key, total in sorted(sums.items()):
         out.setdefault(key[0], []).append(total / counts[key])
@@ -94,24 +94,8 @@ def branch_changes(model: nn.Module, arch: Architecture, batches: Iterable[Tenso
 
     pre = {first: entry(block) for block, (first, _) in ends.items()}
     post = {last: exit_(block) for block, (_, last) in ends.items()}
-    _run_hooked(model, batches, pre, pre=True, post=post)
+    run_hooked(model, batches, pre, post=post)
     return {block: float(torch.cat(values).mean()) for block, values in ratios.items()}
-
-
-def _run_hooked(model: nn.Module, batches: Iterable[Tensor], hooks: Mapping[str, Any], pre: bool,
-                post: Mapping[str, Any] | None = None) -> None:
-    """Run ``model`` in eval mode over ``batches`` with forward (pre-)hooks on the named modules."""
-    handles = [model.get_submodule(name).register_forward_pre_hook(fn) for name, fn in hooks.items()]
-    handles += [model.get_submodule(name).register_forward_hook(fn) for name, fn in (post or {}).items()]
-    was_training = model.training
-    try:
-        model.eval()
-        for batch in batches:
-            model(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
 
 
 def activation_scores(activations: Mapping[int, list[Tensor]], normalization: str) -> dict[int, Tensor]:

@@ -151,7 +151,16 @@ def sample_consumers(model: nn.Module, arch: Architecture, batches: Iterable[Ten
                 term.add(_slot_patches(x, module, consumer, arch.widths[slot], locations, generator))
         return run
 
-    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in by_layer]
+    run_hooked(model, batches, {name: hook(name) for name in by_layer})
+    return out
+
+
+def run_hooked(model: nn.Module, batches: Iterable[Tensor], pre: Mapping[str, Any],
+               post: Mapping[str, Any] | None = None) -> None:
+    """Run ``model`` in eval mode over ``batches`` with forward pre-hooks (``pre``) and forward hooks (``post``)
+    on the named modules; the hooks are removed and the training mode restored afterwards."""
+    handles = [model.get_submodule(name).register_forward_pre_hook(fn) for name, fn in pre.items()]
+    handles += [model.get_submodule(name).register_forward_hook(fn) for name, fn in (post or {}).items()]
     was_training = model.training
     try:
         model.eval()
@@ -161,7 +170,6 @@ def sample_consumers(model: nn.Module, arch: Architecture, batches: Iterable[Ten
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return out
 
 
 def _effective_weight(arch: Architecture, modules: Mapping[str, nn.Module], index: int) -> Tensor:
