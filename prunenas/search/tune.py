@@ -35,7 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 from prunenas.budget import cost_of
 from prunenas.cost import count
 from prunenas.data import planned_train_images
-from prunenas.errors import PrunenasError
+from prunenas.errors import PrunenasError, TrainingDiverged
 from prunenas.experiment import Experiment, experiment_from_dict
 from prunenas.pretrained import ensure_available
 from prunenas.proposers import Proposal, load_proposal
@@ -305,6 +305,8 @@ class _Searcher(OptunaSearch):
         self._last_step: dict[str, int] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if result.get("diverged") and trial_id in self._ot_trials:  # FAIL for good: resume does not retry it
+            self._ot_trials[trial_id].set_user_attr("diverged", True)
         self._report_intermediate(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -356,11 +358,18 @@ def prepare_study(run: RunDir, exp: Experiment) -> tuple[int, int]:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params)
         console.say(f"  trial {trial.number} was running when the driver stopped: marked failed and enqueued again")
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    finished = sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states)
-    waiting = sum(s == optuna.trial.TrialState.WAITING for s in states)
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(_finished(t) for t in trials)
+    waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
     total = len(grid_points(exp)) if exp.sampler == "grid" else max(exp.num_samples, len(enqueued_points(exp)))
     return finished, max(total - finished, waiting)
+
+
+def _finished(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a search trial is done for good: a score, pruned, or failed because its training diverged (a
+    diverged training is final, as in phase 2); other failures are run again."""
+    return trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) or (
+        trial.state == optuna.trial.TrialState.FAIL and bool(trial.user_attrs.get("diverged")))
 
 
 def _phase_search(ctx: Context) -> None:
@@ -392,16 +401,17 @@ def _asha(exp: Experiment) -> Any:
 
 
 def search_summary(run: RunDir) -> dict[str, int]:
-    """Search trials by outcome: complete (a score), stopped early (ASHA), over budget (never trained), failed."""
+    """Search trials by outcome: complete (a score), stopped early (ASHA), over budget (never trained), diverged
+    (final, never retried), failed."""
     study = optuna.load_study(study_name=STUDY, storage=storage(run))
-    summary = {"complete": 0, "stopped early": 0, "over budget": 0, "failed": 0}
+    summary = {"complete": 0, "stopped early": 0, "over budget": 0, "diverged": 0, "failed": 0}
     for trial in study.get_trials(deepcopy=False):
         if trial.state == optuna.trial.TrialState.COMPLETE:
             summary["complete"] += 1
         elif trial.state == optuna.trial.TrialState.PRUNED:
             summary["over budget" if trial.user_attrs.get("over_budget") else "stopped early"] += 1
         elif trial.state == optuna.trial.TrialState.FAIL:
-            summary["failed"] += 1
+            summary["diverged" if trial.user_attrs.get("diverged") else "failed"] += 1
     return summary
 
 
@@ -440,7 +450,12 @@ def _search_trial(config: dict, ctx: Context) -> None:
         for i, seed in enumerate(exp.search_seeds):
             training = Trial(proposal.arch, "proposed", "scratch-e", seed, spec["lr"], pid, proposal.method)
             on_epoch = _report_epochs({**prefix, "seed_index": i}, macs, _search_progress(exp, accuracies, i))
-            accuracies.append(run_trial(ctx, training, "search", on_epoch=on_epoch)["val_acc"])
+            try:
+                accuracies.append(run_trial(ctx, training, "search", on_epoch=on_epoch)["val_acc"])
+            except TrainingDiverged:  # final: the trial fails, and the study remembers it is not to be retried
+                tune.report({"score": None, RUNNING_ACC: None, "macs": macs, "proposal": pid, "final": False,
+                             "diverged": True, "summary": f"{proposal.method}: training diverged (seed {seed})"})
+                raise
     score = statistics.fmean(accuracies)
     tune.report({"score": score, "val_acc": score, RUNNING_ACC: score, STEP: search_epochs(exp) * len(accuracies),
                  "macs": macs, "proposal": pid, "final": True,

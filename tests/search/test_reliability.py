@@ -30,7 +30,9 @@ def rows_by_status(run):
 
 def test_failed_and_diverged_trainings_are_recorded_and_the_search_goes_on(tmp_path):
     run = tmp_path / "run"
-    exp = dict(EXPERIMENT, arms=["proposed", "uniform", "random"], max_failures=1)
+    # one target, one evaluation seed, a grid over the two methods: 2 search trainings, 3 evaluation arms
+    exp = dict(EXPERIMENT, arms=["proposed", "uniform", "random"], max_failures=1, targets={"ratios": [0.5]},
+               seeds={"search": [0], "eval": [0]}, search={"sampler": "grid"})
     faults = "trial.start@method=random:diverge;trial.start@arm=random:raise"
     proc = cli("search", write(tmp_path, exp), "--out", run, "--no-dashboard", env={"PRUNENAS_FAULT": faults})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -41,7 +43,8 @@ def test_failed_and_diverged_trainings_are_recorded_and_the_search_goes_on(tmp_p
     assert diverged and all(r["method"] == "random" and r["phase"] == "search" for r in diverged)
     assert all(r["diverged_epoch"] == 1 and r["diverged_step"] == 0 for r in diverged)
     assert len({r["key"] for r in diverged}) == len(diverged)
-    # ... and Optuna never saw them as scores
+    # ... and Optuna never saw them as scores; the study knows they are final (resume does not retry them)
+    assert json.loads((run / "run.json").read_text())["search"]["diverged"] == len(diverged)
     for trial in study(run).trials:
         expected = optuna.trial.TrialState.FAIL if trial.params["method"] == "random" else \
             optuna.trial.TrialState.COMPLETE

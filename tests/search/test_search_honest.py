@@ -45,7 +45,7 @@ def test_asha_stops_weak_trials_and_over_budget_widths_are_never_trained(tmp_pat
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = json.loads((run / "run.json").read_text())
     assert state["status"] == "finished"
-    assert state["search"] == {"complete": 1, "stopped early": 1, "over budget": 1, "failed": 0}
+    assert state["search"] == {"complete": 1, "stopped early": 1, "over budget": 1, "diverged": 0, "failed": 0}
     assert run_status(str(run))["search_outcomes"] == state["search"]
     over, complete, stopped = study(run).trials
     rows = RunDir(run).results.rows()
