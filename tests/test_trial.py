@@ -2,7 +2,7 @@
 controls, and where the test set is read (tiny network, synthetic data)."""
 
 from prunenas.cost import count
-from prunenas.experiment import experiment_from_dict
+from prunenas.experiment_file import experiment_from_dict
 from prunenas.proposers import Proposal, Target, propose
 from prunenas.runs.rundir import RunDir
 from prunenas.trial import Context, Trial, evaluation_trials, proposal_id, run_trial

@@ -36,7 +36,8 @@ from prunenas.budget import cost_of
 from prunenas.cost import count
 from prunenas.data import planned_train_images
 from prunenas.errors import PrunenasError
-from prunenas.experiment import Experiment, experiment_from_dict
+from prunenas.experiment import Experiment
+from prunenas.experiment_file import experiment_from_dict
 from prunenas.pretrained import ensure_available
 from prunenas.proposers import Proposal, load_proposal
 from prunenas.proposers.basemodel import RegularizerSpec

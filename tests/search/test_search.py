@@ -16,7 +16,7 @@ import pytest
 from prunenas.arch import from_dict
 from prunenas.budget import uniform_widths
 from prunenas.cost import count
-from prunenas.experiment import experiment_from_dict
+from prunenas.experiment_file import experiment_from_dict
 from prunenas.runs.export import verify
 from prunenas.runs.report import collect, results_table
 from prunenas.runs.rundir import RunDir
