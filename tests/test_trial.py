@@ -19,7 +19,7 @@ def _saved(run, proposal):
 
 
 def test_a_network_two_methods_propose_is_trained_once_and_reported_for_both(tmp_path, monkeypatch):
-    from prunenas.runs.report import collect
+    from prunenas.runs.groups import collect
     from prunenas.search import tune as search
 
     run = RunDir(tmp_path)
