@@ -35,7 +35,7 @@ from prunenas.pretrained import check_weights_name
 from prunenas.proposers import PROPOSERS
 from prunenas.recipes import RECIPES
 from prunenas.spaces import Space, load_space
-from prunenas.train import check_distillation
+from prunenas.train_config import check_distillation
 
 
 def load_experiment(path: str | os.PathLike) -> Experiment:

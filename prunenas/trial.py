@@ -32,7 +32,8 @@ from prunenas.proposers.proposal import achieved, save_with_masks
 from prunenas.recipes import RECIPES
 from prunenas.runs.results import FINAL
 from prunenas.runs.rundir import RunDir
-from prunenas.train import TrainConfig, Trainer, evaluate_on_test, train
+from prunenas.train import Trainer, evaluate_on_test, train
+from prunenas.train_config import TrainConfig
 from prunenas.weights import load_weights, save_weights
 
 TRAINING_PASSES = 3  # MACs of one training step per image: forward ~1x, backward ~2x the forward MACs

@@ -21,7 +21,8 @@ from prunenas.arch import Architecture
 from prunenas.data import Batch, TensorSplit
 from prunenas.proposers.registry import Param
 from prunenas.proxies.registry import Kept, ProxyContext, ProxyError, ProxyScore, register_proxy
-from prunenas.train import TrainConfig, TrainingDiverged, evaluate, train
+from prunenas.train import TrainingDiverged, evaluate, train
+from prunenas.train_config import TrainConfig
 
 NAME = "short-train"
 
