@@ -31,13 +31,13 @@ from torch import nn
 from prunenas import distributed
 from prunenas.arch import Architecture
 from prunenas.cost import count
-from prunenas.data import Data, Split
 from prunenas.distributed import check_batch_split, world
 from prunenas.errors import PrunenasError, TrainingDiverged
 from prunenas.faults import fault_point
 from prunenas.fileio import atomic_write_bytes
 from prunenas.masks import has_masks, reapply_masks
 from prunenas.optimisation import Regularizer, distillation_loss, lr_factor, make_optimizer
+from prunenas.splits import Data, Split
 from prunenas.train_config import LATER_SETTINGS, RUN_ONLY, TrainConfig
 
 

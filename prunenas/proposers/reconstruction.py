@@ -47,12 +47,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunenas.arch import Architecture
-from prunenas.data import Split
 from prunenas.families.base import INPUT, Layer
 from prunenas.proposers.basemodel import BaseModel
 from prunenas.proposers.proposal import Proposal
 from prunenas.proposers.registry import Param, ProposerError
 from prunenas.spaces import Space
+from prunenas.splits import Split
 
 SAMPLING_PARAMS = {
     "images": Param(256, kind=int, help="training images whose activations are sampled", low=1, high=100_000),
