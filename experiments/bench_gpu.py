@@ -54,11 +54,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from prunenas.arch import Architecture
-from prunenas.data import Augment, Data, TensorSplit, channel_stats, load_data
+from prunenas.data import channel_stats, load_data
 from prunenas.environment import environment
 from prunenas.fileio import atomic_write_text
+from prunenas.optimisation import lr_factor
 from prunenas.spaces import load_space
-from prunenas.train import TrainConfig, evaluate, lr_factor, train
+from prunenas.splits import Augment, Data, TensorSplit
+from prunenas.train import evaluate, train
+from prunenas.train_config import TrainConfig
 
 RECIPE = "fast"  # batch 128, SGD + Nesterov, one-cycle schedule, label smoothing 0.1
 EPOCH_TIME_GOAL = 5.0

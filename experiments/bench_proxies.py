@@ -29,7 +29,8 @@ from prunenas.proposers.basemodel import BaseModelProvider
 from prunenas.proxies import PROXIES, ProxyContext, screen
 from prunenas.proxies.fidelity import fidelity
 from prunenas.spaces import load_space
-from prunenas.train import TrainConfig, train
+from prunenas.train import train
+from prunenas.train_config import TrainConfig
 
 
 def random_candidates(space, ratio: float, count: int, seed: int = 0) -> list:

@@ -29,7 +29,8 @@ import sys, torch
 from prunenas.budget import target_from_ratio, uniform_twin
 from prunenas.data import load_data
 from prunenas.spaces import load_space
-from prunenas.train import TrainConfig, train
+from prunenas.train import train
+from prunenas.train_config import TrainConfig
 space = load_space("vgg11-fashionmnist")
 ratios, epochs, subset = eval(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 data = load_data("fashion-mnist", space.input_shape, 10, val_size=1000, subset=subset)

@@ -18,7 +18,8 @@ from torch import nn
 
 from prunenas.data import load_data
 from prunenas.spaces import load_space
-from prunenas.train import TrainConfig, train
+from prunenas.train import train
+from prunenas.train_config import TrainConfig
 
 
 def minimal_loop(model: nn.Module, data, batch_size: int, device: torch.device) -> float:

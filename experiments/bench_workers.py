@@ -26,7 +26,8 @@ from ray import tune
 from prunenas.data import load_data
 from prunenas.search.workers import DRIVER_RESOURCES, WorkerTrainer
 from prunenas.spaces import load_space
-from prunenas.train import TrainConfig, train
+from prunenas.train import train
+from prunenas.train_config import TrainConfig
 
 
 def _trial(config: dict, workers: int, space: str, images: int, epochs: int, storage: str) -> None:

@@ -15,9 +15,9 @@ class Recipe:
     ``optimizer``: ``sgd`` (with ``momentum``/``nesterov``, the paper's) or ``adamw`` (betas 0.9/0.999; the
     decoupled ``weight_decay`` applies to weight matrices and tables, not to biases and norm scales).
     ``schedule``: ``step`` (lr x ``gamma`` at each milestone epoch, the paper's), ``cosine``, ``onecycle``,
-    ``warmup-cosine`` or ``constant`` (see :func:`prunenas.train.lr_factor`).
+    ``warmup-cosine`` or ``constant`` (see :func:`prunenas.optimisation.lr_factor`).
     ``temperature`` and ``distill_weight``: knowledge distillation from a teacher's logits
-    (:func:`prunenas.train.distillation_loss`); both ``None`` (the default) trains on the labels alone.
+    (:func:`prunenas.optimisation.distillation_loss`); both ``None`` (the default) trains on the labels alone.
     """
 
     epochs: int

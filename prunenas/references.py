@@ -12,8 +12,8 @@ from prunenas.arch import Architecture
 from prunenas.cost import layer_macs
 from prunenas.errors import PrunenasError
 from prunenas.families.base import INPUT
+from prunenas.families.model_reference import parse_reference
 from prunenas.families.traced import NAME, analysis_of, parse_shape, slot_index
-from prunenas.families.tracing import parse_reference
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,10 @@ import yaml
 
 from prunenas.arch import Architecture
 from prunenas.errors import PrunenasError, SpaceError
+from prunenas.families.model_reference import TracingError, parse_reference
 from prunenas.families.traced import NAME as TRACED
 from prunenas.families.traced import format_shape
-from prunenas.families.tracing import TracingError, analyse, parse_reference
+from prunenas.families.tracing import analyse
 from prunenas.fileio import read_text
 from prunenas.presets import preset_widths
 

@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,144 +31,14 @@ from torch import nn
 from prunenas import distributed
 from prunenas.arch import Architecture
 from prunenas.cost import count
-from prunenas.data import Data, Split
 from prunenas.distributed import check_batch_split, world
 from prunenas.errors import PrunenasError, TrainingDiverged
 from prunenas.faults import fault_point
 from prunenas.fileio import atomic_write_bytes
 from prunenas.masks import has_masks, reapply_masks
-from prunenas.recipes import RECIPES, Recipe
-
-SCHEDULES = ("step", "cosine", "onecycle", "warmup-cosine", "constant")
-OPTIMIZERS = ("sgd", "adamw")
-WARMUP_FRACTION = 0.1  # warmup-cosine: torchvision's ViT recipe warms up for 30 of 300 epochs
-# Settings added to recipes after run folders existed (the optimiser, distillation), with the value every earlier
-# run used: left out of a configuration's identity at that value, so that keys and checkpoints of earlier runs
-# stay valid.
-LATER_SETTINGS = {"optimizer": "sgd", "temperature": None, "distill_weight": None}
-RUN_ONLY = frozenset({"device", "threads", "compile", "eval_batch_size"})
-"""TrainConfig fields that change how a training runs, never what it learns (left out of every cache key)."""
-
-
-@dataclass(frozen=True)
-class TrainConfig(Recipe):
-    """A recipe (optimiser and schedule) plus how to run it.
-
-    Attributes:
-        seed: initialisation, data order, augmentation and dropout.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
-        amp: ``auto`` (bf16 on CUDA when supported, else fp16; off on CPU), ``bf16``, ``fp16`` or ``off``.
-        channels_last: memory format of activations (default: on CUDA).
-        compile: wrap the model in ``torch.compile``.
-        threads: CPU threads for this run (``torch.set_num_threads``); default: leave as is.
-    """
-
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-    threads: int | None = None
-    eval_batch_size: int = 1024
-
-    @classmethod
-    def from_recipe(cls, recipe: str | Recipe, **overrides: Any) -> TrainConfig:
-        """The named recipe with ``overrides``; changing ``epochs`` scales the milestones (Scratch-B rule)."""
-        base = RECIPES.get(recipe) if isinstance(recipe, str) else recipe
-        epochs = overrides.pop("epochs", None)
-        if epochs is not None and "milestones" not in overrides:
-            base = base.with_epochs(epochs)
-        elif epochs is not None:
-            base = replace(base, epochs=epochs)
-        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
-        if unknown:
-            raise PrunenasError(f"unknown training setting {unknown[0]!r}")
-        config = cls(**{**{f.name: getattr(base, f.name) for f in fields(Recipe)}, **overrides})
-        config.validate()
-        return config
-
-    def identity(self) -> dict[str, Any]:
-        """Every field that determines the trained weights (the run-only ones left out, and a later setting at the
-        value every earlier run used): part of cache keys."""
-        return {k: v for k, v in asdict(self).items()
-                if k not in RUN_ONLY and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
-
-    @property
-    def distills(self) -> bool:
-        """Whether this training learns from a teacher's logits as well as from the labels."""
-        return self.distill_weight is not None
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise PrunenasError(f"epochs {self.epochs}, batch_size {self.batch_size} and lr {self.lr} must be positive")
-        if self.schedule not in SCHEDULES:
-            raise PrunenasError(f"schedule {self.schedule!r} must be one of {', '.join(SCHEDULES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise PrunenasError(f"optimizer {self.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise PrunenasError(f"amp {self.amp!r} must be auto, bf16, fp16 or off")
-        if (self.temperature is None) != (self.distill_weight is None):
-            raise PrunenasError("distillation needs both temperature and distill_weight (or neither)")
-        if self.distills:
-            check_distillation(self.temperature, self.distill_weight)
-
-
-def check_distillation(temperature: Any, weight: Any, where: str = "") -> None:
-    """Raise a one-line error unless ``temperature`` > 0 and ``weight`` is in [0, 1] (``where`` prefixes the
-    names, e.g. ``distill.``)."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise PrunenasError(f"{where}temperature: {temperature!r} must be a number > 0")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
-        raise PrunenasError(f"{where}weight: {weight!r} must be a number in [0, 1]")
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float,
-                      weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Knowledge-distillation loss (Hinton, Vinyals & Dean 2015), averaged over the batch:
-    ``(1 - weight) x CE(student, target) + weight x T^2 x KL(softmax(teacher / T) || softmax(student / T))``.
-
-    The ``T^2`` keeps the soft term's gradients on the scale of the hard term's as ``T`` grows; ``weight`` 0 is
-    plain cross-entropy, 1 the teacher alone. Computed in float32 (logits may come from autocast).
-    """
-    student, teacher = student.float(), teacher.float()
-    hard = nn.functional.cross_entropy(student, target, label_smoothing=label_smoothing)
-    soft = nn.functional.kl_div(nn.functional.log_softmax(student / temperature, dim=1),
-                                nn.functional.log_softmax(teacher / temperature, dim=1),
-                                reduction="batchmean", log_target=True)
-    return (1 - weight) * hard + weight * temperature**2 * soft
-
-
-class Regularizer:
-    """Hooks that pruning methods add to training (all optional; the defaults do nothing).
-
-    ``prepare`` may wrap the model before training (e.g. learnable block scales); ``attach`` receives the
-    optimiser once it exists (e.g. to read the learning rate of a proximal step); ``before_step`` runs after
-    ``backward`` (e.g. Network Slimming's L1 subgradient on BN scales),
-    ``after_step`` after the optimiser step (e.g. a proximal step), ``end_epoch`` after each epoch (e.g.
-    Soft Filter Pruning's zeroing of weak filters). State that must survive a resume goes in ``state_dict``.
-    """
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """The module to train (default: ``model`` itself)."""
-        return model
-
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Called once with the optimiser that trains the prepared model."""
-
-    def before_step(self, model: nn.Module) -> None:
-        """Called between backward and the optimiser step, on unscaled gradients (AMP loss scaling undone)."""
-
-    def after_step(self, model: nn.Module) -> None:
-        """Called after the optimiser step."""
-
-    def end_epoch(self, model: nn.Module, epoch: int) -> None:
-        """Called after each training epoch, before validation."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
+from prunenas.optimisation import Regularizer, distillation_loss, lr_factor, make_optimizer
+from prunenas.splits import Data, Split
+from prunenas.train_config import LATER_SETTINGS, RUN_ONLY, TrainConfig
 
 
 @dataclass
@@ -231,7 +101,9 @@ def train(
         TrainingDiverged: the loss became NaN/inf (with epoch and step).
     """
     config.validate()
-    _check_teacher(config, teacher)
+    if config.distills != (teacher is not None):
+        raise PrunenasError("a distilling recipe needs a teacher, and a teacher needs a distilling recipe "
+                            f"(temperature {config.temperature}, distill_weight {config.distill_weight})")
     rank, workers = world()
     check_batch_split(config.batch_size, workers)
     regularizer = regularizer or Regularizer()
@@ -249,41 +121,13 @@ def train(
     for epoch in range(start, config.epochs):
         metrics = run.epoch(epoch)
         if checkpoint:
-            _save_checkpoint(run, checkpoint, epoch + 1, rank)
+            if rank == 0:
+                run.save(checkpoint, epoch + 1)
+            distributed.barrier()  # no worker runs ahead of a checkpoint a restarted group would resume from
+            fault_point("train.checkpoint", epoch=epoch + 1)
         if on_epoch:
             on_epoch(metrics)
-    val_acc, val_loss = run.evaluate(data.val)
-    test_acc, test_loss = run.evaluate(data.test) if evaluate_test else (None, None)
-    distributed.local_batchnorm(model)
-    return _result(run, arch, (val_acc, val_loss), (test_acc, test_loss))
-
-
-def _result(run: _Run, arch: Architecture | None, val: tuple[float, float],
-            test: tuple[float | None, float | None]) -> TrainResult:
-    """The TrainResult of a finished run: final accuracies and losses, throughput, cost and curve."""
-    trained_images = sum(m["images"] for m in run.curve)
-    train_seconds = sum(m["train_seconds"] for m in run.curve)
-    return TrainResult(
-        val_acc=val[0], val_loss=val[1], test_acc=test[0], test_loss=test[1], epochs=run.config.epochs,
-        steps=run.steps, images_per_s=trained_images / train_seconds if train_seconds else 0.0,
-        seconds=sum(m["seconds"] for m in run.curve), macs=count(arch).macs if arch is not None else None,
-        params=sum(p.numel() for p in run.model.parameters()), curve=run.curve, model=run.model,
-    )
-
-
-def _save_checkpoint(run: _Run, checkpoint: str | Path, epochs_done: int, rank: int) -> None:
-    """Rank 0 writes the checkpoint; no worker runs ahead of a checkpoint a restarted group would resume from."""
-    if rank == 0:
-        run.save(checkpoint, epochs_done)
-    distributed.barrier()
-    fault_point("train.checkpoint", epoch=epochs_done)
-
-
-def _check_teacher(config: TrainConfig, teacher: nn.Module | None) -> None:
-    """A distilling config and a teacher come together or not at all."""
-    if config.distills != (teacher is not None):
-        raise PrunenasError("a distilling recipe needs a teacher, and a teacher needs a distilling recipe "
-                            f"(temperature {config.temperature}, distill_weight {config.distill_weight})")
+    return run.result(evaluate_test, arch)
 
 
 def _model_on_device(target: Architecture | nn.Module, config: TrainConfig, device: torch.device,
@@ -335,40 +179,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def lr_factor(schedule: str, step: int, steps_per_epoch: int, epochs: int, milestones: tuple[int, ...],
-              gamma: float) -> float:
-    """Learning-rate multiplier at optimiser step ``step`` (counted from 0 over the whole run)."""
-    total = max(1, steps_per_epoch * epochs)
-    if schedule == "step":
-        epoch = step // max(1, steps_per_epoch)
-        return gamma ** sum(epoch >= m for m in milestones)
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-    if schedule == "onecycle":  # linear warm-up over 25% of the steps from 0.1, then cosine to 0
-        return _warmup_cosine(step, total, 0.25 * total, 0.1)
-    if schedule == "warmup-cosine":  # linear warm-up over 10% of the steps from 0, then cosine to 0
-        return _warmup_cosine(step, total, WARMUP_FRACTION * total, 0.0)
-    return 1.0
-
-
-def _warmup_cosine(step: int, total: int, warm: float, start: float) -> float:
-    if step < warm:
-        return start + (1 - start) * step / warm
-    return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / (total - warm)))
-
-
-def make_optimizer(model: nn.Module, config: Recipe) -> torch.optim.Optimizer:
-    """SGD over every parameter, or AdamW with weight decay on weights of two or more dimensions only (biases
-    and norm scales are not decayed, as in DeiT and torchvision's ViT recipe)."""
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                               nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
 def derived_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """Seed of ``stream`` (0: dropout etc., 1: data order/augmentation) in ``epoch``."""
     return (seed * 1_000_003 + epoch * 10_007 + stream) % (2**63)
@@ -398,6 +208,20 @@ class _Run:
         self.masked = has_masks(model)
         self.curve: list[dict[str, float]] = []
         self.steps = 0
+
+    def result(self, evaluate_test: bool, arch: Architecture | None) -> TrainResult:
+        """The final-epoch metrics (validation, and test if asked), throughput and cost; BatchNorm local again."""
+        val_acc, val_loss = self.evaluate(self.data.val)
+        test_acc, test_loss = self.evaluate(self.data.test) if evaluate_test else (None, None)
+        distributed.local_batchnorm(self.model)
+        trained_images = sum(m["images"] for m in self.curve)
+        train_seconds = sum(m["train_seconds"] for m in self.curve)
+        return TrainResult(
+            val_acc=val_acc, val_loss=val_loss, test_acc=test_acc, test_loss=test_loss, epochs=self.config.epochs,
+            steps=self.steps, images_per_s=trained_images / train_seconds if train_seconds else 0.0,
+            seconds=sum(m["seconds"] for m in self.curve), macs=count(arch).macs if arch is not None else None,
+            params=sum(p.numel() for p in self.model.parameters()), curve=self.curve, model=self.model,
+        )
 
     def _data_parallel(self, model: nn.Module) -> nn.Module:
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda"

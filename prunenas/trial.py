@@ -20,7 +20,7 @@ from typing import Any
 from prunenas.arch import Architecture, from_dict
 from prunenas.budget import budget_recipe, cost_error, cost_of, uniform_twin
 from prunenas.cost import count
-from prunenas.data import Data, load_data
+from prunenas.data import load_data
 from prunenas.environment import environment
 from prunenas.errors import PrunenasError, TrainingDiverged
 from prunenas.experiment import CONTROLS, TEACHER_ARMS, UNIFORM_ARMS, Experiment
@@ -32,7 +32,9 @@ from prunenas.proposers.proposal import achieved, save_with_masks
 from prunenas.recipes import RECIPES
 from prunenas.runs.results import FINAL
 from prunenas.runs.rundir import RunDir
-from prunenas.train import TrainConfig, Trainer, evaluate_on_test, train
+from prunenas.splits import Data
+from prunenas.train import Trainer, evaluate_on_test, train
+from prunenas.train_config import TrainConfig
 from prunenas.weights import load_weights, save_weights
 
 TRAINING_PASSES = 3  # MACs of one training step per image: forward ~1x, backward ~2x the forward MACs

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from prunenas.data import Augment, TensorSplit
 from prunenas.spaces import load_space
+from prunenas.splits import Augment, TensorSplit
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "bench_gpu.py"

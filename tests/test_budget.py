@@ -115,7 +115,7 @@ def test_scratch_epochs_bad_mode():
 
 @pytest.mark.parametrize("budget", ["scratch-e", "scratch-b"])
 def test_an_experiments_epochs_scale_the_recipes_milestones_once(tmp_path, budget):
-    from prunenas.experiment import experiment_from_dict
+    from prunenas.experiment_file import experiment_from_dict
     from prunenas.runs.rundir import RunDir
     from prunenas.trial import Context, Trial, training_config
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from prunenas.data import Augment, DataError, TensorSplit, augment_batch, load_data, read_idx
+from prunenas.builtin_datasets import read_idx
+from prunenas.data import load_data
+from prunenas.splits import Augment, DataError, TensorSplit, augment_batch
 
 
 def write_idx(path, array, compress=True):
@@ -128,8 +130,8 @@ MISSING = [
 
 @pytest.mark.parametrize(("name", "how"), MISSING)
 def test_missing_data_names_dataset_paths_and_remedy(tmp_path, monkeypatch, name, how):
-    monkeypatch.setattr("prunenas.data._download", lambda *a: False)
-    monkeypatch.setattr("prunenas.data.search_paths", lambda root, *d: [tmp_path / "nothing"])
+    monkeypatch.setattr("prunenas.builtin_datasets._download", lambda *a: False)
+    monkeypatch.setattr("prunenas.builtin_datasets.search_paths", lambda root, *d: [tmp_path / "nothing"])
     with pytest.raises(DataError) as err:
         load_data(name, (3, 32, 32), root=tmp_path / "nothing")
     assert f"dataset {name}: files not found in {tmp_path / 'nothing'}" in str(err.value) and how in str(err.value)

@@ -17,9 +17,11 @@ from prunenas.distributed import (
     shard_bounds,
 )
 from prunenas.errors import PrunenasError
+from prunenas.optimisation import Regularizer
 from prunenas.proposers.slimming import BatchNormL1
 from prunenas.spaces import load_space
-from prunenas.train import Regularizer, TrainConfig, train
+from prunenas.train import train
+from prunenas.train_config import TrainConfig
 
 
 def small_vgg():

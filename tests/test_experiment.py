@@ -1,6 +1,7 @@
 import pytest
 
-from prunenas.experiment import ExperimentError, experiment_from_dict, load_experiment
+from prunenas.experiment import ExperimentError
+from prunenas.experiment_file import experiment_from_dict, load_experiment
 from prunenas.search.plan import enqueued_points, grid_points, select_proposals, target_setting
 
 BASE = {"space": "resnet56-cifar10", "proposers": {"l1-norm": {}, "uniform": {}}, "targets": {"ratios": [0.5]}}

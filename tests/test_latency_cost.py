@@ -18,7 +18,8 @@ from prunenas.budget import cost_of, uniform_widths
 from prunenas.cli.main import main
 from prunenas.cost import macs
 from prunenas.errors import BudgetError
-from prunenas.experiment import ExperimentError, experiment_from_dict
+from prunenas.experiment import ExperimentError
+from prunenas.experiment_file import experiment_from_dict
 from prunenas.latency import Calibration, LatencyError, LatencyTable, units
 from prunenas.latency.cost import LATENCY_TOLERANCE, _latency_cost, latency_cost
 from prunenas.proposers import Proposal, ProposerError, Target, propose

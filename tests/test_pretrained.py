@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 
 from prunenas.cli.main import main
 from prunenas.errors import PrunenasError
-from prunenas.experiment import ExperimentError, experiment_from_dict
+from prunenas.experiment import ExperimentError
+from prunenas.experiment_file import experiment_from_dict
 from prunenas.pretrained import load_weights_state, torchvision_builder
 from prunenas.proposers.basemodel import BaseModelProvider
 from prunenas.spaces import load_space

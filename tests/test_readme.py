@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from prunenas.runs.report import collect, markdown_table, table_rows
+from prunenas.runs.groups import collect
 from prunenas.runs.rundir import RunDir
 from prunenas.runs.stats import significant
+from prunenas.runs.tables import markdown_table, table_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"

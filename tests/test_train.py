@@ -12,9 +12,11 @@ from prunenas.arch import Architecture
 from prunenas.data import load_data
 from prunenas.errors import PrunenasError
 from prunenas.masks import apply_masks
+from prunenas.optimisation import Regularizer, distillation_loss, lr_factor
 from prunenas.proposers.slimming import BatchNormL1
 from prunenas.spaces import load_space
-from prunenas.train import Regularizer, TrainConfig, TrainingDiverged, distillation_loss, lr_factor, train
+from prunenas.train import TrainingDiverged, train
+from prunenas.train_config import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 controls, and where the test set is read (tiny network, synthetic data)."""
 
 from prunenas.cost import count
-from prunenas.experiment import experiment_from_dict
+from prunenas.experiment_file import experiment_from_dict
 from prunenas.proposers import Proposal, Target, propose
 from prunenas.runs.rundir import RunDir
 from prunenas.trial import Context, Trial, evaluation_trials, proposal_id, run_trial
@@ -19,7 +19,7 @@ def _saved(run, proposal):
 
 
 def test_a_network_two_methods_propose_is_trained_once_and_reported_for_both(tmp_path, monkeypatch):
-    from prunenas.runs.report import collect
+    from prunenas.runs.groups import collect
     from prunenas.search import tune as search
 
     run = RunDir(tmp_path)

@@ -11,9 +11,10 @@ from types import ModuleType
 
 from prunenas.data import planned_train_images
 from prunenas.errors import PrunenasError
-from prunenas.experiment import Experiment, experiment_from_dict, load_experiment
-from prunenas.runs.report import results_table
+from prunenas.experiment import Experiment
+from prunenas.experiment_file import experiment_from_dict, load_experiment
 from prunenas.runs.rundir import RunDir
+from prunenas.runs.tables import results_table
 from prunenas.search.plan import estimate, format_estimate
 
 

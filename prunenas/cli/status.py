@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from prunenas.errors import PrunenasError
-from prunenas.runs.report import collect, twin_flags
+from prunenas.runs.groups import collect
 from prunenas.runs.rundir import RunDir
+from prunenas.runs.tables import twin_flags
 from prunenas.search.monitor import job_status
 from prunenas.search.study import trial_states
 from prunenas.trial import evaluated

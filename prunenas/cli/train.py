@@ -18,7 +18,8 @@ from prunenas.errors import PrunenasError
 from prunenas.fileio import atomic_write_text
 from prunenas.recipes import RECIPES
 from prunenas.spaces import Space
-from prunenas.train import TrainConfig, format_epoch, train
+from prunenas.train import format_epoch, train
+from prunenas.train_config import TrainConfig
 from prunenas.weights import save_weights
 
 RESULT_FORMAT = "prunenas.train-result/1"

@@ -1,7 +1,7 @@
 """The traced family: a user's (or torchvision's, or timm's) ``nn.Module`` as a searchable family.
 
 An architecture of this family is ``family: traced`` with options ``model`` (the model reference, see
-:mod:`prunenas.families.tracing`), ``shape`` (the input shape ``C,H,W`` the slots are derived at) and
+:mod:`prunenas.families.model_reference`), ``shape`` (the input shape ``C,H,W`` the slots are derived at) and
 ``graph`` (a hash of the traced graph, the parameter shapes and the library versions, so that a cached
 result is never paired with a network that a library upgrade changed; empty = not pinned). Its widths are
 one per *searchable* channel group of the dependency pass; frozen channels keep their base width and are
@@ -29,16 +29,11 @@ from torch import nn
 
 from prunenas.errors import ArchitectureError
 from prunenas.families.base import INPUT, Family, Layer, Option, Slot
+from prunenas.families.channel_groups import Site
+from prunenas.families.leaf_rules import LeafRule, rule_for
+from prunenas.families.model_reference import TracingError, parse_reference
 from prunenas.families.registry import register_family
-from prunenas.families.tracing import (
-    LeafRule,
-    Site,
-    TracingError,
-    analyse,
-    instantiate_on_meta,
-    parse_reference,
-    rule_for,
-)
+from prunenas.families.tracing import analyse, instantiate_on_meta
 
 if TYPE_CHECKING:
     from prunenas.arch import Architecture

@@ -3,7 +3,7 @@ Distillation", 2024), for any family: CNN channels, attention heads, MLP neurons
 
 A channel's importance is the mean absolute value of what it feeds forward, measured on a calibration batch of
 training images (eval mode, no gradients): at the input of every layer that reads the slot (its consumers,
-:func:`~prunenas.proposers.reconstruction.consumers`), averaged over images, positions (pixels or tokens) and
+:func:`~prunenas.proposers.contributions.consumers`), averaged over images, positions (pixels or tokens) and
 the features of one channel (a head's ``head_dim`` outputs). In a ViT that is, as in Minitron, a head's attention
 output (the input of ``out_proj``), an MLP neuron's activation (the input of ``mlp.3``) and an embedding channel's
 layer-normalised value (the inputs of ``in_proj``, ``mlp.0`` and the classifier); in a CNN a channel's activation
@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from prunenas.arch import Architecture
 from prunenas.proposers.channels import branch_layers, branch_names, removable_blocks
+from prunenas.proposers.contributions import Consumer, calibration_images, consumers, run_hooked
 from prunenas.proposers.proposal import Proposal, Target
-from prunenas.proposers.reconstruction import Consumer, calibration_images, consumers, run_hooked
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
 from prunenas.proposers.scoring import nonfinite_guard, select, to_proposal, untied
 from prunenas.proposers.select import NORMALIZATIONS, normalize

@@ -31,15 +31,18 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from prunenas.arch import Architecture
-from prunenas.data import Data, load_data
+from prunenas.data import load_data
 from prunenas.errors import PrunenasError
 from prunenas.fileio import atomic_write_bytes, atomic_write_text, locked
+from prunenas.optimisation import Regularizer
 from prunenas.pretrained import load_weights_state, weights_identity
 from prunenas.proposers.channels import inherit as inherit_weights
 from prunenas.proposers.proposal import Proposal
 from prunenas.registry import Registry
 from prunenas.spaces import Space
-from prunenas.train import Regularizer, TrainConfig, Trainer, evaluate, format_epoch, resolve_device, train
+from prunenas.splits import Data
+from prunenas.train import Trainer, evaluate, format_epoch, resolve_device, train
+from prunenas.train_config import TrainConfig
 from prunenas.weights import save_weights
 
 CACHE_FORMAT = 1

@@ -35,14 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prunenas.proposers.contributions import SAMPLING_PARAMS, calibrated_grams
 from prunenas.proposers.proposal import Proposal, Target
-from prunenas.proposers.reconstruction import (
-    SAMPLING_PARAMS,
-    calibrated_grams,
-    layer_errors,
-    order_scores,
-    rescaled_curve,
-)
+from prunenas.proposers.reconstruction import layer_errors, order_scores, rescaled_curve
 from prunenas.proposers.registry import register_proposer
 from prunenas.proposers.scoring import select, soft_threshold, to_proposal
 from prunenas.spaces import Space

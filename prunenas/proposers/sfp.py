@@ -36,13 +36,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunenas.optimisation import Regularizer
 from prunenas.proposers.basemodel import RegularizerSpec, register_regularizer
 from prunenas.proposers.proposal import Proposal, Target
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
 from prunenas.proposers.scoring import filter_norms, to_proposal, untied
 from prunenas.proposers.select import NORMALIZATIONS, Selection, select_by_cost, select_widths, slot_scores
 from prunenas.spaces import Space
-from prunenas.train import Regularizer
 
 
 def sfp_selection(space: Space, state: Mapping[str, torch.Tensor], keep: float, target: Target,

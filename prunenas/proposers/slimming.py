@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunenas.optimisation import Regularizer
 from prunenas.proposers.basemodel import RegularizerSpec, register_regularizer
 from prunenas.proposers.proposal import Proposal, Target
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
 from prunenas.proposers.scoring import bn_scales_by_slot, nonfinite_guard, select, to_proposal, untied
 from prunenas.proposers.select import select_fraction
 from prunenas.spaces import Space
-from prunenas.train import Regularizer
 
 SEED_STRENGTH = {"vgg": 1e-4}  # other families: 1e-5
 

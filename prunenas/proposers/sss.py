@@ -41,13 +41,13 @@ from torch import Tensor, nn
 from prunenas.arch import Architecture
 from prunenas.budget import cost_of, tolerance_of
 from prunenas.errors import BudgetError
+from prunenas.optimisation import Regularizer
 from prunenas.proposers.basemodel import RegularizerSpec, register_regularizer
 from prunenas.proposers.channels import branch_layers, branch_names, removable_blocks, without_blocks
 from prunenas.proposers.proposal import Proposal, Target, achieved
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
 from prunenas.proposers.scoring import soft_threshold
 from prunenas.spaces import Space
-from prunenas.train import Regularizer
 
 SCALE = "sss_scale"
 """Name of the block scale-factor parameter on the branch's last module."""

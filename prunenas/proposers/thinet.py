@@ -29,15 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prunenas.proposers.contributions import SAMPLING_PARAMS, calibrated_grams
 from prunenas.proposers.proposal import Proposal, Target
-from prunenas.proposers.reconstruction import (
-    SAMPLING_PARAMS,
-    calibrated_grams,
-    layer_errors,
-    order_scores,
-    removal_curve,
-    rescaled_curve,
-)
+from prunenas.proposers.reconstruction import layer_errors, order_scores, removal_curve, rescaled_curve
 from prunenas.proposers.registry import Param, register_proposer
 from prunenas.proposers.scoring import select, to_proposal
 from prunenas.spaces import Space

@@ -19,13 +19,13 @@ import torch
 
 from prunenas.arch import Architecture
 from prunenas.cost import count
-from prunenas.data import Data
 from prunenas.errors import PrunenasError
 from prunenas.proposers.basemodel import BaseModel
 from prunenas.proposers.proposal import Proposal
 from prunenas.proposers.registry import Param, checked_params
 from prunenas.registry import Registry
 from prunenas.spaces import Space
+from prunenas.splits import Data
 from prunenas.train import resolve_device
 
 Kept = Mapping[int, Sequence[int]]

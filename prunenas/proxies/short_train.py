@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from prunenas.arch import Architecture
-from prunenas.data import Batch, TensorSplit
 from prunenas.proposers.registry import Param
 from prunenas.proxies.registry import Kept, ProxyContext, ProxyError, ProxyScore, register_proxy
-from prunenas.train import TrainConfig, TrainingDiverged, evaluate, train
+from prunenas.splits import Batch, TensorSplit
+from prunenas.train import TrainingDiverged, evaluate, train
+from prunenas.train_config import TrainConfig
 
 NAME = "short-train"
 

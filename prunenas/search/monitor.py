@@ -24,7 +24,7 @@ from ray.util import metrics
 
 import prunenas
 from prunenas.errors import PrunenasError
-from prunenas.experiment import load_experiment
+from prunenas.experiment_file import load_experiment
 from prunenas.references import module_sources
 from prunenas.spaces import spaces_dir
 

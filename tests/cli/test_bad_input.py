@@ -11,7 +11,7 @@ import yaml
 from prunenas.arch import load_architecture
 from prunenas.cli.main import main
 from prunenas.errors import PrunenasError
-from prunenas.experiment import load_experiment
+from prunenas.experiment_file import load_experiment
 from prunenas.proposers import load_proposal
 from prunenas.spaces import load_space
 

@@ -15,11 +15,13 @@ from prunenas.cli.main import main
 from prunenas.cost import count
 from prunenas.data import load_data
 from prunenas.errors import ArchitectureError
+from prunenas.optimisation import lr_factor, make_optimizer
 from prunenas.proposers import Target, propose
 from prunenas.proposers.basemodel import StaticProvider, base_model_from
 from prunenas.proposers.channels import inherit
 from prunenas.spaces import load_space
-from prunenas.train import TrainConfig, lr_factor, make_optimizer, train
+from prunenas.train import train
+from prunenas.train_config import TrainConfig
 
 # DeiT (Touvron et al. 2021, Table 1 and timm's deit_*_patch16_224): 5,717,416 / 22,050,664 parameters,
 # 1.3 / 4.6 GFLOPs as they write it (multiply-accumulates); torchvision's card for vit_b_16.

@@ -9,10 +9,8 @@ import sys
 import pytest
 import torch
 
-from prunenas.proposers.reconstruction import (
-    _Term,
-    least_squares_weights,
-)
+from prunenas.proposers.contributions import ConsumerStats
+from prunenas.proposers.reconstruction import least_squares_weights
 from prunenas.proposers.regression import (
     lasso,
     lasso_path,
@@ -110,7 +108,7 @@ def test_least_squares_weights_absorb_a_duplicated_input_channel():
     weight = torch.randn(3, 3, 2, generator=gen, dtype=torch.float64)  # (outputs, channels, positions)
     patches = torch.randn(50, 3, 2, generator=gen, dtype=torch.float64)
     patches[:, 2] = patches[:, 0]
-    term = _Term(weight)
+    term = ConsumerStats(weight)
     term.add(patches)
     solved = least_squares_weights(term, [0, 1], weight)
     assert torch.allclose(solved, torch.stack([weight[:, 0] + weight[:, 2], weight[:, 1]], dim=1), atol=1e-6)

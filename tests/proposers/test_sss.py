@@ -29,7 +29,8 @@ from prunenas.proposers.sss import (
     without_blocks,
 )
 from prunenas.spaces import load_space
-from prunenas.train import TrainConfig, train
+from prunenas.train import train
+from prunenas.train_config import TrainConfig
 
 from ..conftest import FAMILY_CASES, case_id, make_arch
 

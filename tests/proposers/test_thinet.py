@@ -16,13 +16,15 @@ from prunenas.cost import count
 from prunenas.data import load_data
 from prunenas.proposers import Target, propose
 from prunenas.proposers.basemodel import StaticProvider, base_model_from
-from prunenas.proposers.reconstruction import (
-    _Term,
+from prunenas.proposers.contributions import (
+    ConsumerStats,
     calibration_images,
     consumers,
     contribution_grams,
-    curve_scores,
     prunable_slots,
+)
+from prunenas.proposers.reconstruction import (
+    curve_scores,
     removal_error,
     rescale_coefficients,
     rescaled_curve,
@@ -113,7 +115,7 @@ def _vgg_with_flatten_head():
 ])
 def test_gram_matrix_gives_the_real_output_change_of_removing_channels(monkeypatch, case, slot, consumer, norm):
     if case.endswith("direct"):
-        monkeypatch.setattr(_Term, "MOMENTS_LIMIT", 0)
+        monkeypatch.setattr(ConsumerStats, "MOMENTS_LIMIT", 0)
     arch = load_space("tiny-synthetic").base if case == "tiny" else _vgg_with_flatten_head()
     torch.manual_seed(0)
     model = arch.build().eval()

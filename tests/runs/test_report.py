@@ -5,8 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from prunenas.runs import report
-from prunenas.runs.report import Group, markdown_table, verdict
+from prunenas.runs import latency_report, plots, report, tables
+from prunenas.runs.groups import Group, best_learning_rate
+from prunenas.runs.tables import markdown_table, verdict
 from prunenas.spaces import load_space
 
 MACS = 6_710_000
@@ -55,10 +56,10 @@ def _group(pid, macs, val, test, uniform_macs=None):
 
 def test_the_pareto_front_is_chosen_by_validation_accuracy(monkeypatch, tmp_path):
     figures = []
-    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or [])
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or [])
     # by test accuracy the front would be a -> c; by validation (what selection may read) it is a -> b
     groups = [_group("a", 1e6, 0.80, 0.90), _group("b", 2e6, 0.85, 0.85), _group("c", 3e6, 0.84, 0.95)]
-    report.plot_accuracy_vs_macs(groups, tmp_path / "plot")
+    plots.plot_accuracy_vs_macs(groups, tmp_path / "plot")
     lines = {line.get_label(): line for line in figures[0].axes[0].get_lines()}
     front = lines["Pareto front (proposals, by validation)"]
     assert list(front.get_xdata()) == [1.0, 2.0] and list(front.get_ydata()) == [90.0, 85.0]  # drawn at test
@@ -66,8 +67,8 @@ def test_the_pareto_front_is_chosen_by_validation_accuracy(monkeypatch, tmp_path
 
 def test_controls_outside_one_percent_are_flagged_once_per_network():
     inside, outside = _group("a", 1000, 0.8, 0.8, uniform_macs=1009), _group("b", 1000, 0.8, 0.8, uniform_macs=989)
-    assert report.twin_flags([inside, outside]) == ["m at target 0.5: uniform twin -1.10% off the proposal's macs"]
-    table = report.markdown_controls([inside, outside])
+    assert tables.twin_flags([inside, outside]) == ["m at target 0.5: uniform twin -1.10% off the proposal's macs"]
+    table = tables.markdown_controls([inside, outside])
     assert "| +0.90% |" in table and "| -1.10% **outside ±1%** |" in table
 
 
@@ -95,9 +96,9 @@ def test_latency_md_times_each_proposal_against_its_twin_on_the_latency_core(tmp
     rows = {("proposed", "scratch-e"): {0: {"arch": narrow.to_dict()}},
             ("uniform", "scratch-e"): {0: {"arch": space.base.to_dict()}}}
     g = Group("p", "m", {}, {"ratio": 0.5}, 1, 1, None, (1,), (2,), ("s",), rows)
-    (record,) = report.latency_table(SimpleNamespace(proposals_dir=tmp_path), [g], batches=(8,))
+    (record,) = latency_report.latency_table(SimpleNamespace(proposals_dir=tmp_path), [g], batches=(8,))
     assert 0 < record["proposed_ms_b8"] < record["uniform_ms_b8"]
-    assert "Fastest of 15 interleaved CPU forward passes" in report.markdown_latency([record], batches=(8,))
+    assert "Fastest of 15 interleaved CPU forward passes" in latency_report.markdown_latency([record], batches=(8,))
 
 
 def _rows(values, train_macs, pipeline_macs):
@@ -110,7 +111,7 @@ def test_fine_tune_and_distillation_verdicts_pair_seeds_and_state_each_regimes_c
     rows = {("proposed", "scratch-e"): _rows(scratch, 100, 100), ("finetune", "finetune"): _rows(finetune, 100, 500),
             ("scratch-full", "scratch-full"): _rows({0: 0.86, 1: 0.84, 2: 0.87}, 500, 500)}
     g = Group("p", "l1-norm", {}, {"ratio": 0.35}, MACS, 1, 0.9, (8,), (16,), ("conv1",), rows)
-    by_label = {r["comparison"]: r for r in report.comparison_rows([g])}
+    by_label = {r["comparison"]: r for r in tables.comparison_rows([g])}
     assert set(by_label) == {"fine-tune − scratch (scratch-e)", "fine-tune − scratch-full"}
     post, total = by_label["fine-tune − scratch (scratch-e)"], by_label["fine-tune − scratch-full"]
     # differences 0.03, 0.02, 0.04: mean 0.03, sd 0.01, t(2) = 4.3027 -> half-width 0.02484
@@ -118,7 +119,7 @@ def test_fine_tune_and_distillation_verdicts_pair_seeds_and_state_each_regimes_c
     assert post["difference"]["high"] - post["difference"]["mean"] == pytest.approx(4.302653 * 0.01 / 3**0.5)
     assert (post["regime"], post["train_ratio"], post["pipeline_ratio"]) == ("post-pruning", 1.0, 5.0)
     assert (total["regime"], total["train_ratio"], total["pipeline_ratio"]) == ("total", 0.2, 1.0)
-    table = report.markdown_comparisons([g])
+    table = tables.markdown_comparisons([g])
     assert "| l1-norm | 0.35 | fine-tune − scratch (scratch-e) | post-pruning | 1.00× | 5.00× | +3.00 [" in table
     assert "| better |" in table  # 95% CI [+0.52, +5.48] excludes 0
 
@@ -127,8 +128,8 @@ def test_each_arm_is_reported_at_its_best_validation_learning_rate():
     def rates(val_by_rate):
         return {rate: {s: {"status": "ok", "val_acc": v, "test_acc": 1 - v} for s, v in enumerate(vals)}
                 for rate, vals in val_by_rate.items()}
-    assert report.best_learning_rate(rates({0.05: [0.8, 0.9], 0.1: [0.86, 0.86]})) == 0.1  # 0.86 > 0.85
-    assert report.best_learning_rate(rates({0.1: [0.8], 0.05: [0.8]})) == 0.05  # a tie: the smaller rate
+    assert best_learning_rate(rates({0.05: [0.8, 0.9], 0.1: [0.86, 0.86]})) == 0.1  # 0.86 > 0.85
+    assert best_learning_rate(rates({0.1: [0.8], 0.05: [0.8]})) == 0.05  # a tie: the smaller rate
     failed = rates({0.05: [0.7], 0.1: [0.9]})
     failed[0.1][0]["status"] = "diverged"
-    assert report.best_learning_rate(failed) == 0.05
+    assert best_learning_rate(failed) == 0.05

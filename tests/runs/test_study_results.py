@@ -14,9 +14,10 @@ import pytest
 from prunenas.cli.main import main
 from prunenas.cli.status import run_status
 from prunenas.errors import PrunenasError
-from prunenas.runs import report, rundir
+from prunenas.runs import plots, rundir
 from prunenas.runs.catalog import list_architectures
-from prunenas.runs.report import collect, write_report
+from prunenas.runs.groups import collect
+from prunenas.runs.report import write_report
 from prunenas.runs.rundir import RunDir
 
 RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results"
@@ -79,8 +80,8 @@ def proposed_test_accuracy_by_hand(study):
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_the_accuracy_plot_shows_every_proposals_mean_and_std_from_the_rows(study, monkeypatch, tmp_path):
     figures = []
-    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or [])
-    report.plot_accuracy_vs_macs(collect(RunDir(RESULTS / study)), tmp_path / "plot")
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or [])
+    plots.plot_accuracy_vs_macs(collect(RunDir(RESULTS / study)), tmp_path / "plot")
     plotted = {}
     for container in figures[0].axes[0].containers:  # one errorbar series per method
         line, _, (bars,) = container
@@ -95,9 +96,9 @@ def test_the_accuracy_plot_shows_every_proposals_mean_and_std_from_the_rows(stud
 
 def test_masked_twins_are_drawn_apart_from_dense_twins(monkeypatch, tmp_path):
     figures = []
-    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or [])
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or [])
     groups = collect(RunDir(STUDY))
-    report.plot_accuracy_vs_macs(groups, tmp_path / "plot")
+    plots.plot_accuracy_vs_macs(groups, tmp_path / "plot")
     lines = {line.get_label(): line for line in figures[0].axes[0].get_lines()}
     masked = {g.row("uniform")["macs"] for g in groups if g.method == "magnitude"}
     dense = {g.row("uniform")["macs"] for g in groups if g.method != "magnitude"}

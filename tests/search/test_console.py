@@ -10,7 +10,7 @@ import ray
 import yaml
 from ray.util.state import list_actors, list_jobs
 
-from prunenas.experiment import experiment_from_dict
+from prunenas.experiment_file import experiment_from_dict
 from prunenas.runs.rundir import RunDir
 from prunenas.search import console
 from prunenas.search.tune import run_search

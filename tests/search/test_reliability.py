@@ -158,7 +158,7 @@ def test_two_nodes_share_the_trials_and_a_lost_node_is_survived(tmp_path):
 
 
 def _train_tiny_key(run_path, queue):
-    from prunenas.experiment import experiment_from_dict
+    from prunenas.experiment_file import experiment_from_dict
     from prunenas.runs.rundir import RunDir
     from prunenas.trial import Context, Trial, run_trial
 

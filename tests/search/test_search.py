@@ -16,10 +16,11 @@ import pytest
 from prunenas.arch import from_dict
 from prunenas.budget import uniform_widths
 from prunenas.cost import count
-from prunenas.experiment import experiment_from_dict
+from prunenas.experiment_file import experiment_from_dict
 from prunenas.runs.export import verify
-from prunenas.runs.report import collect, results_table
+from prunenas.runs.groups import collect
 from prunenas.runs.rundir import RunDir
+from prunenas.runs.tables import results_table
 from prunenas.spaces import load_space
 
 from .search_helpers import EXPERIMENT, cli, expected_keys, study, trained_keys, write

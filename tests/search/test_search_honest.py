@@ -11,7 +11,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from prunenas.cli.status import run_status
 from prunenas.cost import count
-from prunenas.experiment import experiment_from_dict
+from prunenas.experiment_file import experiment_from_dict
 from prunenas.proposers import Proposal, Target
 from prunenas.runs.rundir import RunDir
 from prunenas.search.plan import budget_excess, suggest, target_excess, width_grid

@@ -12,10 +12,12 @@ from ray import tune
 from prunenas.data import load_data
 from prunenas.distributed import world
 from prunenas.errors import PrunenasError
-from prunenas.experiment import experiment_from_dict
+from prunenas.experiment_file import experiment_from_dict
+from prunenas.optimisation import Regularizer
 from prunenas.search.workers import DRIVER_RESOURCES, WorkerTrainer, check_cluster_fits, trials_at_once
 from prunenas.spaces import load_space
-from prunenas.train import Regularizer, TrainConfig, train
+from prunenas.train import train
+from prunenas.train_config import TrainConfig
 from tests.search.search_helpers import EXPERIMENT, cli, write
 
 
