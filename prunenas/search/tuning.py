@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -71,7 +72,8 @@ def trial_tags(ctx: Context, phase: str, method: str = "", arm: str = "") -> dic
             "trial": tune.get_context().get_trial_name()}
 
 
-def counted(tags: dict[str, str]):
+@contextlib.contextmanager
+def counted(tags: dict[str, str]) -> Iterator[None]:
     """Count the trial as finished or failed on Ray's metrics endpoint."""
     try:
         yield
