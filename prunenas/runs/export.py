@@ -55,7 +55,7 @@ PT2_META = "prunenas.json"  # name of the metadata entry inside a pt2 archive (t
 
 
 @dataclass(frozen=True)
-class Trial:
+class TrainedNetwork:
     """One trained network of a run folder: its results row (status ``ok``) and where its files lie."""
 
     run: RunDir
@@ -95,7 +95,8 @@ class Trial:
         return model.eval()
 
 
-def select_best(run: RunDir, metric: str = "val_acc", arm: str = "proposed", max_macs: int | None = None) -> Trial:
+def select_best(run: RunDir, metric: str = "val_acc", arm: str = "proposed",
+                max_macs: int | None = None) -> TrainedNetwork:
     """The trained network with the best validation ``metric`` among rows of ``arm`` (``any``: every arm) with
     at most ``max_macs`` MACs.
 
@@ -120,10 +121,10 @@ def select_best(run: RunDir, metric: str = "val_acc", arm: str = "proposed", max
                             + LIST_HINT.format(run=run.path))
     sign = -1 if SELECTION_METRICS[metric] else 1
     best = min(candidates, key=lambda r: (sign * r[metric], r["macs"], r["params"], r["key"]))
-    return Trial(run, best)
+    return TrainedNetwork(run, best)
 
 
-def select_trial(run: RunDir, key: str) -> Trial:
+def select_trial(run: RunDir, key: str) -> TrainedNetwork:
     """The trained network whose key is ``key`` or starts with it (the prefix must be unique)."""
     latest = run.results.latest()
     matches = [key] if key in latest else sorted(k for k in latest if key and k.startswith(key))
@@ -136,13 +137,13 @@ def select_trial(run: RunDir, key: str) -> Trial:
     if row.get("status") != "ok":
         raise PrunenasError(f"trial {row['key']} has status {row.get('status')!r}: only trained networks (status "
                             "ok) have weights to export")
-    return Trial(run, row)
+    return TrainedNetwork(run, row)
 
 
 # -- metadata -------------------------------------------------------------------------------------------
 
 
-def trial_meta(trial: Trial) -> dict[str, Any]:
+def trial_meta(trial: TrainedNetwork) -> dict[str, Any]:
     """What every export of ``trial`` carries: cost, accuracy (labelled), provenance and checksums."""
     row, info = trial.row, run_info(trial.run)
     proposal = _proposal(trial)
@@ -182,7 +183,7 @@ def trial_meta(trial: Trial) -> dict[str, Any]:
     }
 
 
-def _proposal(trial: Trial) -> dict[str, Any]:
+def _proposal(trial: TrainedNetwork) -> dict[str, Any]:
     """The proposal JSON the row came from (method parameters, target, base model), or ``{}``."""
     pid = trial.row.get("proposal")
     if not pid:
@@ -240,12 +241,12 @@ class Exported:
         return [p for p in dict.fromkeys((self.path, self.arch_json, self.masks)) if p is not None]
 
 
-def default_name(trial: Trial, fmt: str) -> str:
+def default_name(trial: TrainedNetwork, fmt: str) -> str:
     """``RUNNAME-KEY.EXT`` (e.g. ``quickstart-3f9a0c21d7e4b5a6.onnx``)."""
     return f"{run_info(trial.run)['name']}-{trial.key}{SUFFIXES[fmt]}"
 
 
-def output_path(trial: Trial, fmt: str, out: str | os.PathLike | None) -> Path:
+def output_path(trial: TrainedNetwork, fmt: str, out: str | os.PathLike | None) -> Path:
     """``out`` (the format's suffix appended when it ends otherwise), :func:`default_name` inside ``out`` if it
     is a folder (or ends with ``/``), or :func:`default_name` in the current folder."""
     if out is None:
@@ -259,7 +260,7 @@ def output_path(trial: Trial, fmt: str, out: str | os.PathLike | None) -> Path:
     return path if path.name.endswith(SUFFIXES[fmt]) else path.with_name(path.name + SUFFIXES[fmt])
 
 
-def export(trial: Trial, fmt: str, out: str | os.PathLike | None = None) -> Exported:
+def export(trial: TrainedNetwork, fmt: str, out: str | os.PathLike | None = None) -> Exported:
     """Write ``trial`` in format ``fmt`` (one of :data:`FORMATS`) to ``out`` (see :func:`output_path`)."""
     if fmt not in FORMATS:
         raise PrunenasError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -294,7 +295,7 @@ def _write_arch_json(arch: Architecture, path: Path, meta: Mapping[str, Any]) ->
     return masks
 
 
-def _write_safetensors(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
+def _write_safetensors(trial: TrainedNetwork, path: Path, meta: Mapping[str, Any]) -> None:
     state = {k: v.contiguous() for k, v in trial.state().items()}
     atomic_write_bytes(path, save(state, metadata=encode_meta(meta)))
 
@@ -314,7 +315,7 @@ def exported_program(model: nn.Module, arch: Architecture) -> Any:
         raise PrunenasError(f"torch.export cannot trace {arch.family} {list(arch.widths)}: {first}") from err
 
 
-def _write_onnx(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
+def _write_onnx(trial: TrainedNetwork, path: Path, meta: Mapping[str, Any]) -> None:
     import onnx  # only the ONNX export needs it, and it is slow to import
 
     program = exported_program(trial.model(), trial.arch)
@@ -327,7 +328,7 @@ def _write_onnx(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
     atomic_write_bytes(path, proto.SerializeToString())
 
 
-def _write_pt2(trial: Trial, path: Path, meta: Mapping[str, Any]) -> None:
+def _write_pt2(trial: TrainedNetwork, path: Path, meta: Mapping[str, Any]) -> None:
     program = exported_program(trial.model(), trial.arch)
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={PT2_META: json.dumps(meta, sort_keys=True)})
