@@ -57,13 +57,13 @@ def run_search(exp: Experiment, out: str | os.PathLike | None = None, *, address
     _check_base_weights(exp)
     run = RunDir(out or Path(exp.storage) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run.check_writable()
-    start_ray(exp, address or exp.address, dashboard, run)  # a trial the cluster cannot hold fails before the
-    # run exists
-    source = dict(exp.source, **({"address": address} if address else {}))
-    run.create(exp.name, yaml.safe_dump(source, sort_keys=False))
-    if cache_dir:
-        run.write_state(cache_dir=str(Path(cache_dir).resolve()))
-    _execute(run, exp, address or exp.address, dashboard, verbose)
+    with console.ray_output_to_log(run, verbose) as log:
+        start_ray(exp, address or exp.address, dashboard, run)  # a trial the cluster cannot hold fails before
+        source = dict(exp.source, **({"address": address} if address else {}))  # the run exists
+        run.create(exp.name, yaml.safe_dump(source, sort_keys=False))
+        if cache_dir:
+            run.write_state(cache_dir=str(Path(cache_dir).resolve()))
+        _execute(run, exp, address or exp.address, dashboard, log)
     return run
 
 
@@ -76,8 +76,9 @@ def resume(path: str | os.PathLike, *, address: str | None = None, dashboard: bo
         raise PrunenasError(f"{run.path} is finished; nothing to resume (report it with `prunenas report {run.path}`)")
     exp = experiment_from_dict(yaml.safe_load((run.path / "experiment.yaml").read_text()), state.get("name", "run"))
     _check_base_weights(exp)
-    start_ray(exp, address or exp.address, dashboard, run)
-    _execute(run, exp, address or exp.address, dashboard, verbose)
+    with console.ray_output_to_log(run, verbose) as log:
+        start_ray(exp, address or exp.address, dashboard, run)
+        _execute(run, exp, address or exp.address, dashboard, log)
     return run
 
 
@@ -87,7 +88,9 @@ def _check_base_weights(exp: Experiment) -> None:
         ensure_available(exp.base_weights, exp.space.base)
 
 
-def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool, verbose: bool) -> None:
+def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool, log: Path | None) -> None:
+    """The phases of a run whose Ray is started; Ray's and Tune's output already goes to ``log`` (None: the
+    console)."""
     exp = _absolute_paths(exp)
     ctx = Context(exp, run, cache_dir=run.state().get("cache_dir"), threads=max(1, int(exp.cpu)),
                   log=None)
@@ -96,8 +99,7 @@ def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool,
     except BaseException:
         ray.shutdown()
         raise
-    with console.ray_output_to_log(run, verbose) as log:
-        _run_phases(ctx, address, dashboard, log)
+    _run_phases(ctx, address, dashboard, log)
 
 
 def _run_phases(ctx: Context, address: str | None, dashboard: bool, log: Path | None) -> None:
