@@ -68,6 +68,21 @@ def test_the_resnet_table_is_the_committed_report_and_latency():
         assert row == [full[0], full[3], full[4]] + without_n[6:] + [f"{proposed:.2f} / {uniform:.2f} ms"], row
 
 
+def test_the_vit_table_is_the_committed_report_and_the_proposals_widths():
+    expected = report_rows("fashionmnist-vit-study")
+    run = RunDir(RESULTS / "fashionmnist-vit-study")
+    widths = {g.method: g.widths for g in collect(run)}
+    rows = readme_table("**The Vision Transformer study**")
+    assert len(rows) == len(expected)
+    for row in rows:
+        full = next(c for key, c in expected.items() if key[0] == row[0])
+        without_n = [re.sub(r" \(n=\d+\)$", "", c) for c in full]
+        assert row[:6] == [full[0], full[3], full[4]] + without_n[6:], row
+        stream, *blocks = widths[row[0]]  # stream, then (heads, MLP) of each block
+        heads, mlp = ",".join(map(str, blocks[0::2])), ",".join(map(str, blocks[1::2]))
+        assert stream == 64 and row[6].endswith(f"{heads} / {mlp}"), row
+
+
 def test_the_quoted_figures_of_the_study_are_the_rows():
     rows = table_rows(collect(RunDir(RESULTS / "fashionmnist-study")), "test_acc")
     text = plain(README)

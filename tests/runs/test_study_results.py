@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from prunenas.cli.main import main
 from prunenas.cli.status import run_status
@@ -28,6 +29,7 @@ STUDIES = {
     "fashionmnist-study": (102, 12, {"l1-norm", "slimming", "sfp", "magnitude", "thinet", "regression"}),
     "fashionmnist-resnet-study": (24, 3, {"sss", "l1-norm", "thinet"}),
     "fashionmnist-sfp-study": (18, 2, {"sfp"}),
+    "fashionmnist-vit-study": (18, 3, {"activation", "l1-norm", "sss"}),
 }
 
 
@@ -45,7 +47,7 @@ def test_every_proposal_has_three_paired_seeds_in_every_arm_and_budget(name):
     assert {g.method for g in groups} == STUDIES[name][2]
     for group in groups:
         for budget in group.budgets:
-            for arm in ("proposed", "uniform", "random"):
+            for arm in yaml.safe_load((RESULTS / name / "experiment.yaml").read_text())["arms"]:
                 assert set(group.values(arm, budget, "test_acc")) == SEEDS, (group.method, budget, arm)
 
 
