@@ -119,17 +119,17 @@ def _processes():
 
 
 def test_two_nodes_share_the_trials_and_a_lost_node_is_survived(tmp_path):
-    from .test_jobs import free_port, start_ray_node, stop_ray_node
+    from .test_jobs import free_port, ray_bin
 
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "PRUNENAS_CACHE": str(tmp_path / "cache"),
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     gcs, manager = free_port(), free_port()
-    ray_nodes = [start_ray_node(["--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=false",
-                                 "--disable-usage-stats"], env)]
+    subprocess.run([ray_bin(), "start", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, env=env)
     try:
-        worker = [f"--address=127.0.0.1:{gcs}", "--num-cpus=1", f"--node-manager-port={manager}"]
-        ray_nodes.append(start_ray_node(worker, env))
+        subprocess.run([ray_bin(), "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
+                        f"--node-manager-port={manager}"], check=True, capture_output=True, env=env)
         run = tmp_path / "run"
         exp = dict(EXPERIMENT, recipe={"name": "fast", "epochs": 4}, max_failures=3)
         driver = subprocess.Popen([sys.executable, "-m", "prunenas", "search", write(tmp_path, exp), "--out", run,
@@ -153,8 +153,7 @@ def test_two_nodes_share_the_trials_and_a_lost_node_is_survived(tmp_path):
         assert len(ok) == len(set(ok)) and expected_keys(run) <= set(ok)
         assert json.loads((run / "run.json").read_text())["status"] == "finished"
     finally:
-        for node in reversed(ray_nodes):
-            stop_ray_node(node)
+        subprocess.run([ray_bin(), "stop", "--force"], capture_output=True, env=env)
 
 
 def _train_tiny_key(run_path, queue):
