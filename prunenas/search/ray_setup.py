@@ -24,7 +24,7 @@ def _user_modules(exp: Experiment) -> dict:
     return {"py_modules": folders} if folders else {}
 
 
-def init_ray(address: str | None, dashboard: bool, run: RunDir, runtime_env: dict | None = None) -> Any:
+def _init_ray(address: str | None, dashboard: bool, run: RunDir, runtime_env: dict | None = None) -> Any:
     """Start or join Ray with the run's name and folder as the driver job's metadata (the dashboard's Jobs
     view, ``ray.util.state.list_jobs``) and, on a cluster, ``runtime_env`` (the user's model modules); returns
     Ray's context (``dashboard_url``)."""
@@ -41,15 +41,16 @@ def init_ray(address: str | None, dashboard: bool, run: RunDir, runtime_env: dic
                     ignore_reinit_error=True, job_config=job)
 
 
-def start_ray(exp: Experiment, address: str | None, dashboard: bool, run: RunDir) -> None:
+def start_ray(exp: Experiment, address: str | None, dashboard: bool, run: RunDir) -> Any:
     """Start (or join) Ray for ``run`` and check that a trial of ``exp`` fits the cluster; Ray is shut down if
-    not."""
-    init_ray(address, dashboard, run, _user_modules(exp))
+    not. Returns Ray's context (``dashboard_url``)."""
+    context = _init_ray(address, dashboard, run, _user_modules(exp))
     try:
         check_cluster_fits(dataclasses.replace(exp, gpu=gpus_per_worker(exp)))
     except PrunenasError:
         ray.shutdown()
         raise
+    return context
 
 
 def gpus_per_worker(exp: Experiment) -> float:

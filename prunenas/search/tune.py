@@ -36,7 +36,7 @@ from prunenas.proposers.basemodel import RegularizerSpec
 from prunenas.runs.rundir import RunDir
 from prunenas.search import console, monitor, tuning
 from prunenas.search.plan import base_model_specs, select_proposals, target_excess
-from prunenas.search.ray_setup import gpus_per_worker, init_ray, start_ray
+from prunenas.search.ray_setup import gpus_per_worker, start_ray
 from prunenas.search.search_phase import phase_search
 from prunenas.search.workers import worker_trainer
 from prunenas.trial import (
@@ -58,12 +58,12 @@ def run_search(exp: Experiment, out: str | os.PathLike | None = None, *, address
     run = RunDir(out or Path(exp.storage) / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run.check_writable()
     with console.ray_output_to_log(run, verbose) as log:
-        start_ray(exp, address or exp.address, dashboard, run)  # a trial the cluster cannot hold fails before
-        source = dict(exp.source, **({"address": address} if address else {}))  # the run exists
+        context = start_ray(exp, address or exp.address, dashboard, run)  # a trial the cluster cannot hold
+        source = dict(exp.source, **({"address": address} if address else {}))  # fails before the run exists
         run.create(exp.name, yaml.safe_dump(source, sort_keys=False))
         if cache_dir:
             run.write_state(cache_dir=str(Path(cache_dir).resolve()))
-        _execute(run, exp, address or exp.address, dashboard, log)
+        _execute(run, exp, context.dashboard_url, log)
     return run
 
 
@@ -77,8 +77,8 @@ def resume(path: str | os.PathLike, *, address: str | None = None, dashboard: bo
     exp = experiment_from_dict(yaml.safe_load((run.path / "experiment.yaml").read_text()), state.get("name", "run"))
     _check_base_weights(exp)
     with console.ray_output_to_log(run, verbose) as log:
-        start_ray(exp, address or exp.address, dashboard, run)
-        _execute(run, exp, address or exp.address, dashboard, log)
+        context = start_ray(exp, address or exp.address, dashboard, run)
+        _execute(run, exp, context.dashboard_url, log)
     return run
 
 
@@ -88,44 +88,39 @@ def _check_base_weights(exp: Experiment) -> None:
         ensure_available(exp.base_weights, exp.space.base)
 
 
-def _execute(run: RunDir, exp: Experiment, address: str | None, dashboard: bool, log: Path | None) -> None:
-    """The phases of a run whose Ray is started; Ray's and Tune's output already goes to ``log`` (None: the
-    console)."""
+def _execute(run: RunDir, exp: Experiment, dashboard_url: str | None, log: Path | None) -> None:
+    """The phases of a run whose Ray is started (and is shut down here); Ray's and Tune's output already goes to
+    ``log`` (None: the console)."""
     exp = _absolute_paths(exp)
     ctx = Context(exp, run, cache_dir=run.state().get("cache_dir"), threads=max(1, int(exp.cpu)),
                   log=None)
     try:
         ctx.data()  # fail early on missing data; trials receive it through Ray's object store
-    except BaseException:
-        ray.shutdown()
-        raise
-    _run_phases(ctx, address, dashboard, log)
-
-
-def _run_phases(ctx: Context, address: str | None, dashboard: bool, log: Path | None) -> None:
-    run, exp = ctx.run, ctx.experiment
-    info = init_ray(address, dashboard, run)  # started by start_ray: this returns its context
-    try:
-        for line in console.startup_lines(run, log, info.dashboard_url, monitor.auth_token(),
-                                          os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled"):
-            console.say(line)
-        if exp.workers > 1:
-            ctx.workers, ctx.trainer = exp.workers, worker_trainer(exp, gpus_per_worker(exp), run.tune_dir / "train")
-        run.write_state(phase=0)
-        _phase_base_models(ctx)
-        run.write_state(phase=1)
-        phase_search(ctx)
-        run.write_state(phase=2)
-        missing = _phase_evaluate(ctx)
-        if missing:
-            run.write_state(status="incomplete", phase=3)
-            console.say(f"incomplete: {missing} planned training(s) failed; `prunenas resume {run.path}` retries "
-                        f"them (diverged ones are final and never retried)")
-        else:
-            run.write_state(status="finished", phase=3)
-            console.say(f"finished: {run.path}  (report: prunenas report {run.path})")
+        _run_phases(ctx, dashboard_url, log)
     finally:
         ray.shutdown()
+
+
+def _run_phases(ctx: Context, dashboard_url: str | None, log: Path | None) -> None:
+    run, exp = ctx.run, ctx.experiment
+    for line in console.startup_lines(run, log, dashboard_url, monitor.auth_token(),
+                                      os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled"):
+        console.say(line)
+    if exp.workers > 1:
+        ctx.workers, ctx.trainer = exp.workers, worker_trainer(exp, gpus_per_worker(exp), run.tune_dir / "train")
+    run.write_state(phase=0)
+    _phase_base_models(ctx)
+    run.write_state(phase=1)
+    phase_search(ctx)
+    run.write_state(phase=2)
+    missing = _phase_evaluate(ctx)
+    if missing:
+        run.write_state(status="incomplete", phase=3)
+        console.say(f"incomplete: {missing} planned training(s) failed; `prunenas resume {run.path}` retries "
+                    f"them (diverged ones are final and never retried)")
+    else:
+        run.write_state(status="finished", phase=3)
+        console.say(f"finished: {run.path}  (report: prunenas report {run.path})")
 
 
 

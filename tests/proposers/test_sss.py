@@ -130,12 +130,7 @@ def test_sss_removes_blocks_of_a_fashion_mnist_resnet_at_a_strong_penalty(tmp_pa
     assert {k for k in base.trained_state if k.endswith(SCALE)} == {f"{n}.{SCALE}" for n in
                                                                   branch_outputs(space.base).values()}
     assert not any(k.endswith(SCALE) for k in base.architecture_state())
-    trained = space.base.build()
-    install_block_scales(trained, space.base)
-    trained.load_state_dict(base.trained_state)
-    x = torch.randn(4, *space.input_shape)
-    with torch.no_grad():  # removed factors are exactly 0 and the kept ones are folded: the same function
-        assert torch.allclose(base.inherit(proposal).eval()(x), trained.eval()(x), rtol=1e-4, atol=1e-4)
+    assert_folded_network_computes_the_trained_function(space, base, proposal)
     arch = proposal.arch
     removed = proposal.provenance["removed_blocks"]
     assert len(removed) >= 1 and proposal.provenance["depth_removed"] == len(removed)
@@ -192,15 +187,20 @@ def test_sss_removes_branches_of_a_vit_at_a_strong_penalty(tmp_path):
     scales, removed = proposal.provenance["block_scales"], proposal.provenance["removed_blocks"]
     assert len(scales) == 8 and 1 <= len(removed) < 8 and all(scales[name] == 0.0 for name in removed)
     assert proposal.arch == vit_without(space, set(removed))
-    trained = space.base.build()
-    install_block_scales(trained, space.base)
-    trained.load_state_dict(base.trained_state)
-    x = torch.randn(4, *space.input_shape)
-    with torch.no_grad():  # removed factors are exactly 0 and the kept ones are folded: the same function
-        assert torch.allclose(base.inherit(proposal).eval()(x), trained.eval()(x), rtol=1e-4, atol=1e-4)
+    assert_folded_network_computes_the_trained_function(space, base, proposal)
 
 
 def test_branch_removal_on_a_family_without_removable_branches_is_one_line_and_exit_2(tmp_path, capsys):
     code = main(["propose", "sss", "vgg11-fashionmnist", "--ratio", "0.5", "--cache-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "has no removable branches" in err
+
+
+def assert_folded_network_computes_the_trained_function(space, base, proposal):
+    """Removed factors are exactly 0 and the kept ones are folded: the inherited network is the trained one."""
+    trained = space.base.build()
+    install_block_scales(trained, space.base)
+    trained.load_state_dict(base.trained_state)
+    x = torch.randn(4, *space.input_shape)
+    with torch.no_grad():
+        assert torch.allclose(base.inherit(proposal).eval()(x), trained.eval()(x), rtol=1e-4, atol=1e-4)
