@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from prunenas.proposers import Target, propose
-from prunenas.proposers.basemodel import BaseModelProvider
+from prunenas.proposers.basemodel import BaseModelProvider, BaseTraining
 from prunenas.proxies import PROXIES, ProxyContext, screen
 from prunenas.proxies.fidelity import fidelity
 from prunenas.spaces import load_space
@@ -83,7 +83,7 @@ def main() -> None:
         args.fidelity_n, args.train_epochs = 6, 1
     torch.set_num_threads(args.threads)
     space = load_space(args.space)
-    provider = BaseModelProvider(space, epochs=args.base_epochs, subset=args.subset, val_size=2000,
+    provider = BaseModelProvider(space, BaseTraining(epochs=args.base_epochs, subset=args.subset, val_size=2000),
                                  threads=args.threads, device=args.device)
     base = provider.get(None)
     print(f"base model {base.key}: val {base.val_acc:.2%} ({args.base_epochs} epochs on {args.subset} images)")

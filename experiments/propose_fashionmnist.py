@@ -19,7 +19,7 @@ import torch
 
 from prunenas.cost import count
 from prunenas.proposers import Target, propose
-from prunenas.proposers.basemodel import BaseModelProvider, RegularizerSpec
+from prunenas.proposers.basemodel import BaseModelProvider, BaseTraining, RegularizerSpec
 from prunenas.proposers.channels import inherit
 from prunenas.spaces import load_space
 from prunenas.train import evaluate
@@ -59,8 +59,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in ("vgg11-fashionmnist", "resnet20-fashionmnist"):
         space = load_space(name)
-        provider = BaseModelProvider(space, epochs=args.epochs, subset=args.subset, val_size=2000, cache_dir=cache,
-                                     threads=args.threads, log=None)
+        provider = BaseModelProvider(space, BaseTraining(epochs=args.epochs, subset=args.subset, val_size=2000),
+                                     cache_dir=cache, threads=args.threads, log=None)
         base = provider.get(None)
         print(f"| {name} | base | {list(space.upper)} | 1.000 | - | {base.val_acc:.3f} |")
         runs = [("uniform", {}), ("l1-norm", {}), ("thinet", {}), ("regression", {}),

@@ -16,6 +16,7 @@ from prunenas.budget import CostKind
 from prunenas.errors import PrunenasError
 from prunenas.latency.cost import latency_cost
 from prunenas.proposers import PROPOSERS
+from prunenas.proposers.basemodel import BaseTraining
 from prunenas.recipes import RECIPES
 from prunenas.spaces import Space
 
@@ -170,6 +171,13 @@ class Experiment:
     def base_schedule_epochs(self) -> int:
         """Epochs the base model trains (0 with published weights: nothing is trained)."""
         return 0 if self.base_weights else self.base_epochs or RECIPES.get(self.base_recipe).epochs
+
+    @property
+    def base_training(self) -> BaseTraining:
+        """The base model the methods prune: this experiment's data, base recipe, epochs, seed or weights."""
+        return BaseTraining(dataset=self.dataset, recipe=self.base_recipe, seed=self.base_seed,
+                            epochs=self.base_epochs, data_root=self.data_root, val_size=self.val_size,
+                            subset=self.subset, weights=self.base_weights)
 
     def with_overrides(self, **changes: Any) -> Experiment:
         """CLI flags override the file (``None`` values are ignored); the overrides are kept in ``source`` too, so

@@ -66,10 +66,8 @@ class Context:
 
     def provider(self) -> BaseModelProvider:
         e = self.experiment
-        provider = BaseModelProvider(e.space, dataset=e.dataset, recipe=e.base_recipe, seed=e.base_seed,
-                                     epochs=e.base_epochs, cache_dir=self.cache_dir, data_root=e.data_root,
-                                     val_size=e.val_size, subset=e.subset, device=self.device,
-                                     threads=self.threads, log=self.log, weights=e.base_weights)
+        provider = BaseModelProvider(e.space, e.base_training, cache_dir=self.cache_dir, device=self.device,
+                                     threads=self.threads, log=self.log)
         provider._data = self._data
         provider.trainer = self.trainer
         provider.artifact_dir = self.run.proposals_dir

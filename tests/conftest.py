@@ -72,12 +72,13 @@ def fashion_providers(tmp_path_factory):
     """Small Fashion-MNIST base models (3 epochs of the fast recipe on 4,000 images, ~77% validation accuracy)
     shared by the proposer tests of the whole session; each is trained on first use only. One thread: on a
     2-core machine shared with other work, two threads ran 7x slower than one (measured)."""
-    from prunenas.proposers.basemodel import BaseModelProvider
+    from prunenas.proposers.basemodel import BaseModelProvider, BaseTraining
     from prunenas.spaces import load_space
 
     cache = tmp_path_factory.mktemp("fashion-base-models")
-    return {name: BaseModelProvider(load_space(name), epochs=3, subset=4000, val_size=1000, cache_dir=cache, threads=1,
-                                    log=None) for name in ("vgg11-fashionmnist", "resnet20-fashionmnist")}
+    return {name: BaseModelProvider(load_space(name), BaseTraining(epochs=3, subset=4000, val_size=1000),
+                                    cache_dir=cache, threads=1, log=None)
+            for name in ("vgg11-fashionmnist", "resnet20-fashionmnist")}
 
 
 def planted_tiny_provider(weak: dict[int, list[int]]):

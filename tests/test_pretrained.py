@@ -12,7 +12,7 @@ from prunenas.errors import PrunenasError
 from prunenas.experiment import ExperimentError
 from prunenas.experiment_file import experiment_from_dict
 from prunenas.pretrained import load_weights_state, torchvision_builder
-from prunenas.proposers.basemodel import BaseModelProvider
+from prunenas.proposers.basemodel import BaseModelProvider, BaseTraining
 from prunenas.spaces import load_space
 from prunenas.train import evaluate
 
@@ -33,7 +33,8 @@ def small_resnet18(tmp_path_factory):
 
 
 def provider(space, weights, cache):
-    return BaseModelProvider(space, val_size=256, cache_dir=cache, threads=1, log=None, weights=str(weights))
+    return BaseModelProvider(space, BaseTraining(val_size=256, weights=str(weights)),
+                             cache_dir=cache, threads=1, log=None)
 
 
 def test_local_weights_become_the_base_model_evaluated_on_the_val_split(small_resnet18, tmp_path):

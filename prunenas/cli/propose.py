@@ -16,7 +16,7 @@ from prunenas.cost import count, format_macs
 from prunenas.errors import PrunenasError
 from prunenas.pretrained import check_weights_name
 from prunenas.proposers import PROPOSERS, propose
-from prunenas.proposers.basemodel import BaseModelProvider
+from prunenas.proposers.basemodel import BaseModelProvider, BaseTraining
 from prunenas.proposers.proposal import save_with_masks
 
 
@@ -63,11 +63,10 @@ def run_propose(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     info.check_params(params)
     log = sys.stderr if args.json else sys.stdout
-    provider = BaseModelProvider(space, dataset=args.data, recipe=args.recipe, seed=args.base_seed,
-                                 epochs=args.base_epochs, cache_dir=args.cache_dir, data_root=args.data_root,
-                                 val_size=args.val_size, subset=args.subset, device=args.device,
-                                 threads=args.threads, log=lambda line: print(line, file=log, flush=True),
-                                 weights=weights)
+    training = BaseTraining(dataset=args.data, recipe=args.recipe, seed=args.base_seed, epochs=args.base_epochs,
+                            data_root=args.data_root, val_size=args.val_size, subset=args.subset, weights=weights)
+    provider = BaseModelProvider(space, training, cache_dir=args.cache_dir, device=args.device, threads=args.threads,
+                                 log=lambda line: print(line, file=log, flush=True))
     proposal = propose(args.method, space, target, provider if info.needs_base else None, params, args.seed)
     if args.out:
         save_with_masks(proposal, Path(args.out))

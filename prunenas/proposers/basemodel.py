@@ -139,25 +139,39 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "prunenas" / "base-models")
 
 
+@dataclass(frozen=True)
+class BaseTraining:
+    """What a base model is: its data (dataset, split sizes, where the files are), its recipe, epochs and seed —
+    or the published ``weights`` it is read from. Everything but where it runs (see :class:`BaseModelProvider`).
+    ``None`` dataset/recipe: the space's own."""
+
+    dataset: str | None = None
+    recipe: str | None = None
+    seed: int = 0
+    epochs: int | None = None
+    data_root: str | os.PathLike | None = None
+    val_size: int | None = None
+    subset: int | None = None
+    weights: str | None = None  # published weights serve as the (unregularised) base model
+
+
 class BaseModelProvider:
-    """Trains (once) and serves the base models of one space, dataset, recipe and base seed.
+    """Trains (once) and serves the base models of one space and :class:`BaseTraining`, on ``device`` with
+    ``threads``, cached in ``cache_dir``.
 
     Proposers receive a provider, so tests can inject a ready model (see :class:`StaticProvider`).
     """
 
-    def __init__(self, space: Space, *, dataset: str | None = None, recipe: str | None = None, seed: int = 0,
-                 epochs: int | None = None, cache_dir: str | os.PathLike | None = None,
-                 data_root: str | os.PathLike | None = None, val_size: int | None = None,
-                 subset: int | None = None, device: str = "auto", threads: int | None = None,
-                 log: Callable[[str], None] | None = print, weights: str | None = None) -> None:
+    def __init__(self, space: Space, training: BaseTraining = BaseTraining(), *,
+                 cache_dir: str | os.PathLike | None = None, device: str = "auto", threads: int | None = None,
+                 log: Callable[[str], None] | None = print) -> None:
         self.space = space
-        self.dataset = dataset or space.dataset
-        self.recipe = recipe or space.recipe
-        self.seed, self.epochs = seed, epochs
+        self.dataset = training.dataset or space.dataset
+        self.recipe = training.recipe or space.recipe
+        self.seed, self.epochs, self.weights = training.seed, training.epochs, training.weights
+        self.data_root, self.val_size, self.subset = training.data_root, training.val_size, training.subset
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.data_root, self.val_size, self.subset = data_root, val_size, subset
         self.device, self.threads, self.log = device, threads, log
-        self.weights = weights  # published weights serve as the (unregularised) base model
         self.on_epoch: Callable[[dict[str, float]], None] | None = None  # progress of a base training
         self.trainer: Trainer = train  # or a launcher training on several workers
         self.trainings = 0  # base models this provider trained (the rest came from the cache)

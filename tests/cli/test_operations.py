@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from prunenas.proposers.basemodel import BaseModelProvider, list_entries
+from prunenas.proposers.basemodel import BaseModelProvider, BaseTraining, list_entries
 from prunenas.spaces import load_space
 
 
@@ -28,7 +28,7 @@ def test_doctor_json_checks_an_unreachable_dashboard():
 
 
 def test_cache_list_and_prune(tmp_path):
-    provider = BaseModelProvider(load_space("tiny-synthetic"), epochs=1, cache_dir=tmp_path, log=None)
+    provider = BaseModelProvider(load_space("tiny-synthetic"), BaseTraining(epochs=1), cache_dir=tmp_path, log=None)
     key = provider.get(None).key
     listing = cli("cache", "list", "--cache-dir", tmp_path)
     assert key in listing.stdout and "1 base model(s)" in listing.stdout

@@ -13,7 +13,13 @@ from prunenas.budget import cost_of
 from prunenas.cost import count
 from prunenas.errors import BudgetError
 from prunenas.proposers import PROPOSERS, ProposerError, Target, propose
-from prunenas.proposers.basemodel import BaseModelProvider, RegularizerSpec, StaticProvider, base_model_from
+from prunenas.proposers.basemodel import (
+    BaseModelProvider,
+    BaseTraining,
+    RegularizerSpec,
+    StaticProvider,
+    base_model_from,
+)
 from prunenas.proposers.magnitude import uniform_mask_twin
 from prunenas.proposers.sfp import SoftFilterPruning, sfp_selection
 from prunenas.proposers.slimming import BatchNormL1
@@ -30,8 +36,8 @@ TRANSFER_SOURCES = {"vgg11-fashionmnist": "vgg16-cifar10:A", "resnet20-fashionmn
 @pytest.fixture(scope="module")
 def providers(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    return {name: BaseModelProvider(load_space(name), epochs=1, subset=1500, val_size=500, cache_dir=cache,
-                                    threads=1, log=None) for name in CONTRACT_SPACES}
+    return {name: BaseModelProvider(load_space(name), BaseTraining(epochs=1, subset=1500, val_size=500),
+                                    cache_dir=cache, threads=1, log=None) for name in CONTRACT_SPACES}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +91,8 @@ def test_proposer_contract(providers, sources, space_name, method):
 def test_second_proposal_reuses_the_cached_base_model(providers, tmp_path):
     first = providers["tiny-synthetic"]
     propose("l1-norm", first.space, Target(ratio=0.7), first)
-    fresh = BaseModelProvider(first.space, epochs=1, subset=1500, val_size=500, cache_dir=first.cache_dir, log=None)
+    fresh = BaseModelProvider(first.space, BaseTraining(epochs=1, subset=1500, val_size=500),
+                              cache_dir=first.cache_dir, log=None)
     fresh.data = lambda: pytest.fail("no training may happen: the base model is cached")  # type: ignore
     propose("l1-norm", first.space, Target(ratio=0.4), fresh)
     propose("magnitude", first.space, Target(ratio=0.4), fresh)
@@ -316,8 +323,8 @@ def test_l1_chosen_filters_beat_random_filters_on_real_fashion_mnist(tmp_path_fa
     from prunenas.train import evaluate
 
     space = load_space("vgg11-fashionmnist")
-    provider = BaseModelProvider(space, recipe="cifar-paper", epochs=6, subset=12000, val_size=2000, threads=1,
-                                 cache_dir=tmp_path_factory.mktemp("cache"), log=None)
+    provider = BaseModelProvider(space, BaseTraining(recipe="cifar-paper", epochs=6, subset=12000, val_size=2000),
+                                 threads=1, cache_dir=tmp_path_factory.mktemp("cache"), log=None)
     proposal = propose("l1-norm", space, Target(ratio=0.7), provider)
     base = provider.get(None)
 

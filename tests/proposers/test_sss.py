@@ -15,7 +15,13 @@ from prunenas.cost import count
 from prunenas.data import load_data
 from prunenas.errors import BudgetError
 from prunenas.proposers import ProposerError, Target, propose
-from prunenas.proposers.basemodel import BaseModelProvider, RegularizerSpec, StaticProvider, base_model_from
+from prunenas.proposers.basemodel import (
+    BaseModelProvider,
+    BaseTraining,
+    RegularizerSpec,
+    StaticProvider,
+    base_model_from,
+)
 from prunenas.proposers.channels import inherit
 from prunenas.proposers.sss import (
     SCALE,
@@ -123,7 +129,8 @@ def test_targets_by_penalty_and_by_macs_remove_the_smallest_factors():
 
 def test_sss_removes_blocks_of_a_fashion_mnist_resnet_at_a_strong_penalty(tmp_path):
     space = load_space("resnet20-fashionmnist")
-    provider = BaseModelProvider(space, epochs=3, subset=4000, val_size=1000, cache_dir=tmp_path, threads=1, log=None)
+    provider = BaseModelProvider(space, BaseTraining(epochs=3, subset=4000, val_size=1000),
+                                 cache_dir=tmp_path, threads=1, log=None)
     proposal = propose("sss", space, Target(), provider, {"gamma": 0.5})
     base = provider.get(RegularizerSpec.of("sss", gamma=0.5))
     assert base.val_acc > 0.5
@@ -180,8 +187,8 @@ def test_vit_has_one_factor_per_attention_and_mlp_branch_and_targets_remove_the_
 
 def test_sss_removes_branches_of_a_vit_at_a_strong_penalty(tmp_path):
     space = load_space("vit-tiny-fashionmnist")
-    provider = BaseModelProvider(space, dataset="synthetic", epochs=2, subset=1500, val_size=200, cache_dir=tmp_path,
-                                 threads=1, log=None)
+    provider = BaseModelProvider(space, BaseTraining(dataset="synthetic", epochs=2, subset=1500, val_size=200),
+                                 cache_dir=tmp_path, threads=1, log=None)
     proposal = propose("sss", space, Target(), provider, {"gamma": 30.0})
     base = provider.get(RegularizerSpec.of("sss", gamma=30.0))
     scales, removed = proposal.provenance["block_scales"], proposal.provenance["removed_blocks"]
