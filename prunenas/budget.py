@@ -18,15 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 from prunenas.arch import Architecture
 from prunenas.cost import count
 from prunenas.errors import BudgetError
+from prunenas.recipes import Recipe, scale_milestones
 from prunenas.spaces import Space
-
-if TYPE_CHECKING:
-    from prunenas.recipes import Recipe  # recipes imports this module's scale_milestones
 
 Match = Literal["macs", "params"]
 TOLERANCE = 0.01
@@ -227,11 +225,6 @@ def scratch_full_epochs(base_epochs: int, base_macs: int, arch_macs: int, finetu
     if base_epochs < 0 or finetune_epochs < 0 or base_macs <= 0 or arch_macs <= 0:
         raise BudgetError("base_epochs and finetune_epochs must be >= 0, base_macs and arch_macs positive")
     return max(1, (base_epochs * base_macs + finetune_epochs * arch_macs) // arch_macs)
-
-
-def scale_milestones(milestones: Sequence[int], base_epochs: int, epochs: int) -> tuple[int, ...]:
-    """Learning-rate milestones of a ``base_epochs`` schedule stretched to ``epochs`` (seed: ``int(m*E/E0)``)."""
-    return tuple(int(m * epochs / base_epochs) for m in milestones)
 
 
 def budget_recipe(recipe: Recipe, budget: str, space: Space, arch: Architecture, epochs: int | None = None,

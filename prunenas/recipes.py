@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from prunenas.budget import scale_milestones
 from prunenas.registry import Registry
+
+
+def scale_milestones(milestones: Sequence[int], base_epochs: int, epochs: int) -> tuple[int, ...]:
+    """Learning-rate milestones of a ``base_epochs`` schedule stretched to ``epochs`` (seed: ``int(m*E/E0)``)."""
+    return tuple(int(m * epochs / base_epochs) for m in milestones)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from prunenas.cost import layer_macs
 from prunenas.errors import PrunenasError
 from prunenas.families.base import INPUT
 from prunenas.families.model_reference import parse_reference
-from prunenas.families.traced import NAME, analysis_of, parse_shape, slot_index
+from prunenas.families.traced import NAME, analysis_of, slot_index
+from prunenas.shapes import parse_shape
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,10 @@ from prunenas.arch import Architecture
 from prunenas.errors import PrunenasError, SpaceError
 from prunenas.families.model_reference import TracingError, parse_reference
 from prunenas.families.traced import NAME as TRACED
-from prunenas.families.traced import format_shape
 from prunenas.families.tracing import analyse
 from prunenas.fileio import read_text
 from prunenas.presets import preset_widths
+from prunenas.shapes import format_shape
 
 _KEYS = {"description", "family", "model", "options", "dataset", "input_shape", "num_classes", "multiple_of",
          "min_width", "min_ratio", "recipe", "scratch_b_cap", "presets"}

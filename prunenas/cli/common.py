@@ -12,24 +12,11 @@ from prunenas.budget import scratch_epochs
 from prunenas.cost import count, format_macs, thop_macs
 from prunenas.errors import PrunenasError
 from prunenas.families.traced import NAME as TRACED
-from prunenas.families.traced import parse_shape
 from prunenas.pretrained import LOCAL_SUFFIXES, load_weights_state
 from prunenas.proposers import load_proposal
 from prunenas.recipes import RECIPES
 from prunenas.references import coverage
 from prunenas.spaces import Space, load_space, space_names
-
-
-def model_arguments(p: argparse.ArgumentParser, weights: bool = False) -> None:
-    """``--input-shape`` and ``--classes`` for model references (and ``--weights`` for commands with a base
-    model)."""
-    p.add_argument("--input-shape", metavar="C,H,W", type=_shape,
-                   help="input shape of a model reference (default 3,224,224 for torchvision: and timm:)")
-    p.add_argument("--classes", type=int, metavar="N", help="classes of a model reference's task")
-    if weights:
-        p.add_argument("--weights", metavar="FILE", help="your trained weights (a .pth/.safetensors state dict of "
-                       "the space's network, for a model reference its module's own keys) as the base model "
-                       "instead of training one")
 
 
 def target_space(args: argparse.Namespace) -> Space:
@@ -58,13 +45,6 @@ def resolve(target: str, preset: str | None, input_shape: tuple[int, int, int] |
         return _resolve_file(target)
     space = load_space(target, input_shape, classes)
     return space, space.preset(preset) if preset else space.base
-
-
-def _shape(text: str) -> tuple[int, int, int]:
-    try:
-        return parse_shape(text)
-    except PrunenasError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not C,H,W (three positive integers, e.g. 3,32,32)") from None
 
 
 def _resolve_file(path: str) -> tuple[Space, Architecture]:

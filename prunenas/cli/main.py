@@ -15,10 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from prunenas.cli.common import model_arguments
+from prunenas.cli.arguments import model_arguments
 from prunenas.errors import PrunenasError
 from prunenas.recipes import RECIPES
-from prunenas.runs.export import FORMATS, SELECTION_METRICS
+from prunenas.runs.export_choices import FORMATS, SELECTION_METRICS
 
 Subparsers = argparse._SubParsersAction  # argparse exposes no public name for what add_subparsers returns
 

@@ -34,6 +34,7 @@ from prunenas.families.leaf_rules import LeafRule, rule_for
 from prunenas.families.model_reference import TracingError, parse_reference
 from prunenas.families.registry import register_family
 from prunenas.families.tracing import analyse, instantiate_on_meta
+from prunenas.shapes import parse_shape
 
 if TYPE_CHECKING:
     from prunenas.arch import Architecture
@@ -120,21 +121,6 @@ class TracedFamily(Family):
             slot = plan.slot_of.get(site.output)
             if rule.zero is not None and slot is not None and dropped.get(slot):
                 rule.zero(model.get_submodule(site.name), dropped[slot], plan.in_width(site))
-
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """``"3,224,224"`` -> ``(3, 224, 224)``; anything else raises :class:`ArchitectureError`."""
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise ArchitectureError(f"traced option 'shape' {text!r} must be C,H,W (e.g. 3,224,224)")
-    return shape  # type: ignore[return-value]
-
-
-def format_shape(shape: Sequence[int]) -> str:
-    return ",".join(str(int(v)) for v in shape)
 
 
 # -- internals ------------------------------------------------------------------------------------------

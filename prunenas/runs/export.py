@@ -40,17 +40,14 @@ from prunenas.arch import Architecture, from_dict, load_architecture
 from prunenas.errors import PrunenasError
 from prunenas.fileio import atomic_write_bytes, file_sha256
 from prunenas.runs.catalog import LIST_HINT, check_arm, run_info, trained_rows
+from prunenas.runs.export_choices import FORMATS, SELECTION_METRICS, SUFFIXES
 from prunenas.runs.rundir import RunDir
 from prunenas.runs.stats import finite_number
 
 if TYPE_CHECKING:
     from torch import nn
 
-FORMATS = ("json", "safetensors", "onnx", "pt2")
-SUFFIXES = {"json": ".json", "safetensors": ".safetensors", "onnx": ".onnx", "pt2": ".pt2"}
 EXPORT_FORMAT = "prunenas.export/1"
-# Metrics --best may rank on, and whether higher is better. Validation only: test accuracy is for the report.
-SELECTION_METRICS = {"val_acc": True, "val_loss": False}
 PT2_META = "prunenas.json"  # name of the metadata entry inside a pt2 archive (torch.export.save extra_files)
 
 

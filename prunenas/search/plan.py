@@ -13,7 +13,6 @@ from prunenas.budget import (
     TOLERANCE,
     Schedule,
     cost_of,
-    scale_milestones,
     scratch_epochs,
     scratch_full_epochs,
     tolerance_of,
@@ -29,7 +28,7 @@ from prunenas.experiment import (
     target_setting,
 )
 from prunenas.proposers import PROPOSERS, Proposal, Target
-from prunenas.recipes import RECIPES
+from prunenas.recipes import RECIPES, scale_milestones
 from prunenas.spaces import Space
 
 # -- the sampled space ----------------------------------------------------------------------------------

@@ -39,11 +39,13 @@ def test_main_is_small_functions_and_cli_files_are_short():
             assert node.end_lineno - node.lineno + 1 <= 60, node.name
 
 
-def test_help_and_info_start_without_ray_optuna_matplotlib_or_scipy():
+def test_help_starts_without_torch_and_info_without_ray_optuna_matplotlib_or_scipy():
     probe = ("import sys\nfrom prunenas.cli.main import main\n"
              "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print('torch after --help:', 'torch' in sys.modules)\n"  # --help needs no network library
              "main(['info', 'tiny-synthetic', '--json'])\n"
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna', 'matplotlib', 'scipy'}))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "[]"
+    assert "torch after --help: False" in proc.stdout
