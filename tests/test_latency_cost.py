@@ -302,7 +302,7 @@ def test_pareto_selection_on_latency_is_the_nondominated_set_of_predicted_latenc
     archs = {f"p{i}": TINY.arch([rng.randint(lo, hi) for lo, hi in zip(TINY.lower, TINY.base.widths)])
              for i in range(12)}
     accuracy = {pid: rng.choice([0.5, 0.6, 0.7, 0.8]) for pid in archs}
-    for pid, arch in archs.items():
+    for arch in archs.values():
         assert pareto_cost(exp, arch) == pytest.approx(expected_ms(arch))  # not the MACs
     chosen = select_proposals(exp, {pid: (accuracy[pid], pareto_cost(exp, a)) for pid, a in archs.items()})
 

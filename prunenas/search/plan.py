@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from prunenas.arch import Architecture
 from prunenas.budget import (
     TOLERANCE,
     Schedule,
@@ -18,7 +19,6 @@ from prunenas.budget import (
     scratch_full_epochs,
     tolerance_of,
 )
-from prunenas.arch import Architecture
 from prunenas.cost import count
 from prunenas.experiment import (
     TEACHER_ARMS,

@@ -5,10 +5,10 @@ import json
 import statistics
 
 import optuna
-from ray import cloudpickle
 import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from ray import cloudpickle
 
 from prunenas.cli.status import run_status
 from prunenas.cost import count
