@@ -31,7 +31,7 @@ BASE_ARMS = (*INHERIT_ARMS, *TEACHER_ARMS[1:], "scratch-full")
 BUDGETS = ("scratch-e", "scratch-b")
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 SELECTIONS = ("all", "top-k", "pareto")
-OBJECTIVES = (("val_acc",), ("val_acc", "macs"))
+OBJECTIVES = (("val_acc",), ("val_acc", "macs"), ("val_acc", "latency"))  # latency: the targets' predictor
 SCHEDULERS = ("none", "asha")
 # Experiment fields that command-line flags override -> their place in the YAML (section, key).
 OVERRIDE_KEYS = {"num_samples": ("search", "num_samples"), "concurrency": (None, "concurrency"),

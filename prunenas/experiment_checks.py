@@ -36,6 +36,9 @@ def cross_checks(exp: Experiment) -> None:
         _check_published_base(exp)
     if exp.sampler == "nsga2" and len(exp.objectives) == 1:
         raise ExperimentError("search.sampler: nsga2 is for two objectives (objectives: [val_acc, macs])")
+    if "latency" in exp.objectives and exp.latency_device is None:
+        raise ExperimentError("search.objectives: latency is the predicted latency on the targets' device: give "
+                              "targets.latency_ratios or latency_ms with targets.latency_device")
     shared = sorted(set(exp.search_seeds) & set(exp.eval_seeds))
     if exp.select != "all" and shared:
         # a proposal selected for its search score would be evaluated on the very trainings that scored it

@@ -338,5 +338,6 @@ def _lr_grid(root: Reader) -> tuple[float, ...] | None:
 def _objectives(search: Reader) -> tuple[str, ...]:
     value = tuple(search.get("objectives", list, default=["val_acc"]))
     if value not in OBJECTIVES:
-        raise ExperimentError(f"search.objectives: {list(value)} must be [val_acc] or [val_acc, macs]")
+        raise ExperimentError(f"search.objectives: {list(value)} must be [val_acc], [val_acc, macs] or "
+                              "[val_acc, latency]")
     return value

@@ -11,6 +11,7 @@ import json
 import random
 import re
 
+import optuna
 import pytest
 import torch
 
@@ -25,7 +26,14 @@ from prunenas.latency.cost import LATENCY_TOLERANCE, _latency_cost, latency_cost
 from prunenas.proposers import Proposal, ProposerError, Target, propose
 from prunenas.proposers.basemodel import StaticProvider, base_model_from
 from prunenas.proposers.latency_knapsack import knapsack_widths, width_options
-from prunenas.search.plan import target_cost, target_object
+from prunenas.search.plan import (
+    budget_excess,
+    pareto_cost,
+    select_proposals,
+    suggest,
+    target_cost,
+    target_object,
+)
 from prunenas.spaces import load_space
 
 TINY = load_space("tiny-synthetic")
@@ -275,3 +283,46 @@ def test_dry_run_plans_a_latency_study(synthetic, capsys, tmp_path):
 def test_bad_latency_experiments_are_one_line(synthetic, targets, words):
     with pytest.raises(ExperimentError, match=re.escape(words)):
         experiment_from_dict(latency_experiment(**targets))
+
+
+# -- latency as a search objective and as the direct search's constraint ------------------------------------
+
+
+def test_objective_latency_needs_latency_targets():
+    data = {**latency_experiment(), "targets": {"ratios": [0.5]}, "search": {"objectives": ["val_acc", "latency"]}}
+    with pytest.raises(ExperimentError, match=re.escape("search.objectives: latency is the predicted latency")):
+        experiment_from_dict(data)
+
+
+def test_pareto_selection_on_latency_is_the_nondominated_set_of_predicted_latencies(synthetic):
+    exp = experiment_from_dict({**latency_experiment(), "search": {"objectives": ["val_acc", "latency"],
+                                                                   "sampler": "nsga2", "select": "pareto"},
+                               "seeds": {"search": [0], "eval": [1]}})
+    rng = random.Random(0)
+    archs = {f"p{i}": TINY.arch([rng.randint(lo, hi) for lo, hi in zip(TINY.lower, TINY.base.widths)])
+             for i in range(12)}
+    accuracy = {pid: rng.choice([0.5, 0.6, 0.7, 0.8]) for pid in archs}
+    for arch in archs.values():
+        assert pareto_cost(exp, arch) == pytest.approx(expected_ms(arch))  # not the MACs
+    chosen = select_proposals(exp, {pid: (accuracy[pid], pareto_cost(exp, a)) for pid, a in archs.items()})
+
+    def dominated(p):  # another candidate at least as accurate and faster, or more accurate and as fast
+        return any((accuracy[q] >= accuracy[p] and expected_ms(archs[q]) < expected_ms(archs[p]) - 1e-12)
+                   or (accuracy[q] > accuracy[p] and expected_ms(archs[q]) <= expected_ms(archs[p]) + 1e-12)
+                   for q in archs if q != p)
+    assert set(chosen) == {p for p in archs if not dominated(p)}
+
+
+def test_direct_search_with_latency_targets_is_constrained_by_predicted_latency(synthetic):
+    exp = experiment_from_dict({**latency_experiment(latency_ratios=[0.6]), "proposers": {"random": {}},
+                                "search": {"direct": True, "objectives": ["val_acc", "latency"],
+                                           "sampler": "nsga2"}})
+    limit = 0.6 * expected_ms(TINY.base) * (1 + LATENCY_TOLERANCE)
+    rng = random.Random(1)
+    for _ in range(30):
+        arch = TINY.arch([rng.randint(lo, hi) for lo, hi in zip(TINY.lower, TINY.base.widths)])
+        assert (budget_excess(exp, cost_of(arch, exp.cost_kind)) > 0) == (expected_ms(arch) > limit)
+    widest = optuna.trial.FixedTrial({"method": "direct", **{f"direct/w{i}": w for i, w in enumerate(TINY.upper)}})
+    suggest(widest, exp)  # the full-width network: predicted latency 1/0.6 of the budget
+    assert widest.user_attrs["over_budget"]
+    assert widest.constraints["latency"] == pytest.approx(1 / 0.6 - 1 - LATENCY_TOLERANCE)

@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from prunenas.arch import Architecture
 from prunenas.budget import (
     TOLERANCE,
     Schedule,
@@ -213,18 +214,27 @@ def base_model_specs(exp: Experiment) -> list[tuple[str, Any]]:
 # -- evaluation -----------------------------------------------------------------------------------------
 
 
-def select_proposals(exp: Experiment, scores: Mapping[str, tuple[float, int]]) -> list[str]:
-    """Proposal ids to evaluate, from ``{id: (mean search val_acc, macs)}``: all, the top k, or the Pareto set."""
+def pareto_cost(exp: Experiment, arch: Architecture) -> float:
+    """The cost a two-objective search trades accuracy against, and the Pareto selection's second axis: MACs, or
+    with ``objectives: [val_acc, latency]`` the latency the targets' predictor gives (ms)."""
+    if "latency" in exp.objectives:
+        return cost_of(arch, exp.cost_kind)
+    return count(arch).macs
+
+
+def select_proposals(exp: Experiment, scores: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Proposal ids to evaluate, from ``{id: (mean search val_acc, pareto_cost)}``: all, the top k, or the
+    Pareto set."""
     ranked = sorted(scores, key=lambda pid: (-scores[pid][0], scores[pid][1], pid))
     if exp.select == "all":
         return ranked
     if exp.select == "top-k":
         return ranked[:exp.top_k]
-    front, best_macs = [], math.inf
-    for pid in sorted(scores, key=lambda p: (-scores[p][0], scores[p][1], p)):  # max accuracy, min MACs
-        if scores[pid][1] < best_macs:
+    front, best_cost = [], math.inf
+    for pid in ranked:  # max accuracy, then min cost
+        if scores[pid][1] < best_cost:
             front.append(pid)
-            best_macs = scores[pid][1]
+            best_cost = scores[pid][1]
     return front
 
 

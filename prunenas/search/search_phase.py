@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import statistics
+import threading
 from typing import Any
 
 import optuna
@@ -20,7 +21,15 @@ from prunenas.errors import TrainingDiverged
 from prunenas.experiment import Experiment
 from prunenas.runs.rundir import RunDir
 from prunenas.search import console, tuning
-from prunenas.search.plan import budget_excess, enqueued_points, grid_points, search_epochs, suggest, target_object
+from prunenas.search.plan import (
+    budget_excess,
+    enqueued_points,
+    grid_points,
+    pareto_cost,
+    search_epochs,
+    suggest,
+    target_object,
+)
 from prunenas.search.study import STUDY, storage
 from prunenas.trial import Context, Trial, make_proposal, proposal_id, run_trial
 
@@ -61,10 +70,21 @@ class _Searcher(OptunaSearch):
         self._last_step[trial_id] = step
 
 
+class _NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II that Tune can pickle (it pickles the searcher, sampler included): Optuna's holds a thread lock,
+    which is left out of the pickle and made anew on unpickling."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _thread_lock=threading.Lock())
+
+
 def _sampler(exp: Experiment) -> optuna.samplers.BaseSampler:
     seed = exp.search_seeds[0]
     if exp.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        return _NSGAIISampler(seed=seed)
     if exp.sampler in ("random", "grid"):  # grid: every point is enqueued, the sampler never decides
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
@@ -113,7 +133,7 @@ def phase_search(ctx: Context) -> None:
           f"({exp.sampler}, {len(exp.search_seeds)} seed(s) each)")
     if remaining <= 0:
         return
-    metric, mode = (["score", "macs"], ["max", "min"]) if len(exp.objectives) == 2 else ("score", "max")
+    metric, mode = (["score", exp.objectives[1]], ["max", "min"]) if len(exp.objectives) == 2 else ("score", "max")
     searcher = _Searcher(space=functools.partial(suggest, exp=exp), metric=metric, mode=mode,
                          sampler=_sampler(exp), study_name=STUDY, storage=storage(ctx.run))
     scheduler = _asha(exp) if exp.scheduler == "asha" else None
@@ -172,14 +192,14 @@ def _search_trial(config: dict, ctx: Context) -> None:
     proposal = make_proposal(ctx, spec["method"], spec["params"], target_object(exp, target))
     pid = proposal_id(proposal)
     macs = count(proposal.arch).macs
+    costs = {"macs": macs, **({"latency": pareto_cost(exp, proposal.arch)} if "latency" in exp.objectives else {})}
     if spec["method"] == "direct" and budget_excess(exp, cost_of(proposal.arch, exp.cost_kind)) > 0:
         # Tune wants the metrics in every result: none has a value, so Optuna records PRUNED without one
-        tune.report({"score": None, RUNNING_ACC: None, "macs": macs, "proposal": pid, "final": False,
+        tune.report({"score": None, RUNNING_ACC: None, **costs, "proposal": pid, "final": False,
                      "summary": f"direct {list(proposal.arch.widths)}: over the budget, not trained"})
         return
     accuracies: list[float] = []
-    prefix = {"run": ctx.run.path.name, "phase": "search", "method": proposal.method, "proposal": pid,
-              "macs": macs}
+    prefix = {"run": ctx.run.path.name, "phase": "search", "method": proposal.method, "proposal": pid, **costs}
     with tuning.counted(tuning.trial_tags(ctx, "search", proposal.method, "proposed")):
         for i, seed in enumerate(exp.search_seeds):
             training = Trial(proposal.arch, "proposed", "scratch-e", seed, spec["lr"], pid, proposal.method)
@@ -187,11 +207,12 @@ def _search_trial(config: dict, ctx: Context) -> None:
             try:
                 accuracies.append(run_trial(ctx, training, "search", on_epoch=on_epoch)["val_acc"])
             except TrainingDiverged:  # final: the trial fails, and the study remembers it is not to be retried
-                tune.report({"score": None, RUNNING_ACC: None, "macs": macs, "proposal": pid, "final": False,
+                tune.report({"score": None, RUNNING_ACC: None, **costs, "proposal": pid, "final": False,
                              "diverged": True, "summary": f"{proposal.method}: training diverged (seed {seed})"})
                 raise
     score = statistics.fmean(accuracies)
     tune.report({"score": score, "val_acc": score, RUNNING_ACC: score, STEP: search_epochs(exp) * len(accuracies),
-                 "macs": macs, "proposal": pid, "final": True,
+                 **costs, "proposal": pid, "final": True,
                  "summary": f"{proposal.method} {dict(spec['params'])} target {target}: val {score:.2%} "
-                            f"(n={len(accuracies)}), {macs / 1e6:.2f}M MACs"})
+                            f"(n={len(accuracies)}), {macs / 1e6:.2f}M MACs"
+                            + (f", {costs['latency']:.3g} ms predicted" if "latency" in costs else "")})

@@ -35,7 +35,7 @@ from prunenas.proposers import Proposal, load_proposal
 from prunenas.proposers.basemodel import RegularizerSpec
 from prunenas.runs.rundir import RunDir
 from prunenas.search import console, monitor, tuning
-from prunenas.search.plan import base_model_specs, select_proposals, target_excess
+from prunenas.search.plan import base_model_specs, pareto_cost, select_proposals, target_excess
 from prunenas.search.ray_setup import gpus_per_worker, start_ray
 from prunenas.search.search_phase import phase_search
 from prunenas.search.workers import worker_trainer
@@ -177,7 +177,7 @@ def _phase_evaluate(ctx: Context) -> int:
     proposals = {pid: load_proposal(ctx.run.proposal_path(pid)) for pid in ctx.run.proposal_ids()}
     by_proposal = search_rows_by_proposal({pid: p.arch.digest() for pid, p in proposals.items()},
                                           ctx.run.results.latest().values())
-    scores = {pid: (statistics.fmean(r["val_acc"] for r in rs), rs[0]["macs"])
+    scores = {pid: (statistics.fmean(r["val_acc"] for r in rs), pareto_cost(exp, proposals[pid].arch))
               for pid, rs in by_proposal.items() if _selectable(ctx, pid, proposals[pid], rs)}
     chosen = select_proposals(exp, scores)
     lrs = {pid: rs[0]["recipe"]["lr"] if exp.lr is not None else None for pid, rs in by_proposal.items()}

@@ -8,6 +8,7 @@ import optuna
 import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from ray import cloudpickle
 
 from prunenas.cli.status import run_status
 from prunenas.cost import count
@@ -15,6 +16,7 @@ from prunenas.experiment_file import experiment_from_dict
 from prunenas.proposers import Proposal, Target
 from prunenas.runs.rundir import RunDir
 from prunenas.search.plan import budget_excess, suggest, target_excess, width_grid
+from prunenas.search.search_phase import _sampler
 from prunenas.spaces import load_space
 
 from .search_helpers import EXPERIMENT, cli, study, write
@@ -100,3 +102,12 @@ def test_a_proposal_over_its_target_is_not_selectable():
     assert target_excess(exp, full) == pytest.approx(1.0 - 0.01)
     half = space.arch((7, 12, 4, 4))  # the random proposer's widths at 50% (2.2% under the target)
     assert target_excess(exp, Proposal(half, "random", {}, Target(ratio=0.5), 0, None, {})) < 0
+
+
+def test_the_nsga2_searcher_survives_tunes_pickling():
+    """Tune pickles the searcher with its sampler; Optuna's NSGA-II holds a thread lock, which cannot be pickled."""
+    exp = experiment_from_dict(dict(HONEST, search={"sampler": "nsga2", "objectives": ["val_acc", "macs"]}))
+    sampler = cloudpickle.loads(cloudpickle.dumps(_sampler(exp)))
+    assert isinstance(sampler, optuna.samplers.NSGAIISampler)
+    with sampler._thread_lock:  # a working lock of its own
+        pass
