@@ -103,16 +103,21 @@ def test_four_times_the_work_takes_longer(runtime):
 # -- the per-layer table ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("space", ["vgg11-fashionmnist", "mobilenetv2-cifar10", "preresnet110-cifar10"])
+@pytest.mark.parametrize("space", ["vgg11-fashionmnist", "mobilenetv2-cifar10", "preresnet110-cifar10",
+                                   "vit-tiny-fashionmnist"])
 def test_units_rebuild_their_layer_geometry(space):
-    """A unit's module, fed its own input shape, gives the layer's output shape (conv: ``out_hw``)."""
+    """A unit's module, fed its own input shape, gives the layer's output shape (conv: ``out_hw``; a token unit:
+    its tokens x features)."""
     arch = load_space(space).base
     seen = {}
     for unit in units(arch.layers):
         seen.setdefault(unit.key, unit)
     for unit in seen.values():
         out = unit.module().eval()(torch.zeros(2, *unit.input_shape))
-        expected = (2, unit.out_channels) if unit.kind == "linear" else (2, unit.out_channels, *unit.out_hw)
+        expected = (2, unit.out_channels, *unit.out_hw)
+        if unit.kind in ("linear", "ln", "attention"):
+            expected = (2, unit.out_channels) if unit.input_shape == (unit.in_channels,) else \
+                (2, unit.tokens, unit.out_channels)
         assert tuple(out.shape) == expected, unit.key
 
 

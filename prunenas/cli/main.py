@@ -81,7 +81,7 @@ def _training_device_arguments(p: argparse.ArgumentParser) -> None:
 def _latency_device_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
     """``--latency-device/-batch/-threads``: the device a latency is measured or predicted on."""
     p.add_argument("--latency-device", required=required, metavar="RUNTIME",
-                   help="latency device: a runtime of `prunenas latency --help` (e.g. torch-cpu, onnxruntime-cpu)")
+                   help="latency device: a runtime such as cpu-torch (an unknown one lists them all)")
     p.add_argument("--latency-batch", type=int, default=1, help="images per forward pass on the latency device")
     p.add_argument("--latency-threads", type=int, default=1, help="threads of the latency device")
 

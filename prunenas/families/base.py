@@ -99,11 +99,16 @@ class Layer:
         kernel, stride, groups, bias: conv geometry; ``groups == in_channels`` marks a depthwise conv.
         out_hw: output positions — a conv's output spatial size; for a linear layer applied at several
             positions (tokens, channels-last tensors), the positions as ``(n, 1)``; MACs are counted per
-            output position.
+            output position. A layer norm (``"ln"``) gives the tokens it normalises, ``(tokens, 1)``.
         in_repeat: inputs per channel of a linear layer after a flatten (``h*w``) or per head (the head
             dimension), else 1.
         out_repeat: outputs per channel of the output slot (a head's ``head_dim`` rows), else 1.
-        out_parts: stacked copies of the output slot (3: a packed query/key/value projection), else 1.
+        out_parts: stacked copies of the output slot (3: a packed query/key/value projection, whose output
+            feeds multi-head attention: ``slot_channels`` heads of ``out_repeat`` features over its ``out_hw``
+            tokens), else 1.
+        activation: the activation applied to the layer's output when the family states it (``"relu"``,
+            ``"gelu"``; ``""``: none); ``None``: not stated, and the latency units assume their rules
+            (:mod:`prunenas.latency.units`). Nothing else reads it.
     """
 
     name: str
@@ -120,6 +125,7 @@ class Layer:
     in_repeat: int = 1
     out_repeat: int = 1
     out_parts: int = 1
+    activation: str | None = None
 
     @property
     def weight_shape(self) -> tuple[int, ...]:

@@ -1,7 +1,12 @@
-"""Helpers shared by the families: layer descriptors, spatial arithmetic, width scaling, initialisation."""
+"""Helpers shared by the families: layer descriptors, spatial arithmetic, width scaling, initialisation,
+attention."""
 
 from __future__ import annotations
 
+import math
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunenas.families.base import Layer, Slot
@@ -70,6 +75,21 @@ def init_weights(model: nn.Module, bn_gamma: float = 1.0, linear_std: float | No
         elif isinstance(m, nn.Linear) and linear_std is not None:
             nn.init.normal_(m.weight, 0.0, linear_std)
             nn.init.zeros_(m.bias)
+
+
+def packed_attention(qkv: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """Multi-head attention ``softmax(Q K^T / sqrt(head_dim)) V`` of a packed projection's output ``qkv``
+    (``(n, tokens, 3 * heads * head_dim)``: queries, keys, values, each head's ``head_dim`` features together),
+    as ``(n, tokens, heads * head_dim)``: what a transformer computes between its q/k/v and output projections.
+    On CUDA torch's fused kernel; on CPU explicit products (FlopCounterMode does not count the fused CPU kernel,
+    and it gains little there)."""
+    n, t, _ = qkv.shape
+    q, k, v = qkv.view(n, t, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    if qkv.is_cuda:
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(head_dim), dim=-1) @ v
+    return out.transpose(1, 2).reshape(n, t, heads * head_dim)
 
 
 class SlotTable:

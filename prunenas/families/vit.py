@@ -36,12 +36,11 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunenas.errors import ArchitectureError
 from prunenas.families.base import INPUT, Family, Layer, Option, Slot
-from prunenas.families.common import SlotTable, linear
+from prunenas.families.common import SlotTable, linear, packed_attention
 from prunenas.families.registry import register_family
 
 if TYPE_CHECKING:
@@ -87,7 +86,7 @@ class VisionTransformer(Family):
         seq = (tokens, 1)
         out = [
             Layer("conv_proj", "conv", (INPUT,), STREAM, arch.input_shape[0], w[STREAM], kernel=opts["patch"],
-                  stride=opts["patch"], bias=True, out_hw=grid),
+                  stride=opts["patch"], bias=True, out_hw=grid, activation=""),
             Layer("class_token", "embedding", (), STREAM, 1, w[STREAM]),
             Layer("encoder.pos_embedding", "embedding", (), STREAM, tokens, w[STREAM]),
         ]
@@ -96,7 +95,7 @@ class VisionTransformer(Family):
             if w[heads]:
                 attention = f"{name}.self_attention"
                 out += [
-                    _layer_norm(f"{name}.ln_1", w[STREAM]),
+                    _layer_norm(f"{name}.ln_1", w[STREAM], tokens),
                     Layer(f"{attention}.in_proj", "linear", (STREAM,), heads, w[STREAM], 3 * w[heads] * d,
                           bias=True, out_hw=seq, out_repeat=d, out_parts=3),
                     Layer(f"{attention}.out_proj", "linear", (heads,), STREAM, w[heads] * d, w[STREAM], bias=True,
@@ -104,11 +103,12 @@ class VisionTransformer(Family):
                 ]
             if w[mlp]:
                 out += [
-                    _layer_norm(f"{name}.ln_2", w[STREAM]),
-                    Layer(f"{name}.mlp.0", "linear", (STREAM,), mlp, w[STREAM], w[mlp], bias=True, out_hw=seq),
+                    _layer_norm(f"{name}.ln_2", w[STREAM], tokens),
+                    Layer(f"{name}.mlp.0", "linear", (STREAM,), mlp, w[STREAM], w[mlp], bias=True, out_hw=seq,
+                          activation="gelu"),
                     Layer(f"{name}.mlp.3", "linear", (mlp,), STREAM, w[mlp], w[STREAM], bias=True, out_hw=seq),
                 ]
-        out.append(_layer_norm("encoder.ln", w[STREAM]))
+        out.append(_layer_norm("encoder.ln", w[STREAM], tokens))
         out.append(linear("heads.head", (STREAM,), None, w[STREAM], arch.num_classes))
         return out
 
@@ -138,8 +138,8 @@ def token_count(arch: Architecture) -> int:
     return (arch.input_shape[1] // patch) * (arch.input_shape[2] // patch) + 1
 
 
-def _layer_norm(name: str, channels: int) -> Layer:
-    return Layer(name, "ln", (STREAM,), None, channels, channels)
+def _layer_norm(name: str, channels: int, tokens: int) -> Layer:
+    return Layer(name, "ln", (STREAM,), None, channels, channels, out_hw=(tokens, 1))
 
 
 @lru_cache(maxsize=64)
@@ -173,13 +173,7 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(heads * head_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t, _ = x.shape
-        q, k, v = self.in_proj(x).view(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if x.is_cuda:  # fused kernels; FlopCounterMode counts them on CUDA
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:  # explicit products: on CPU FlopCounterMode does not count the fused kernel, and the gain is small
-            out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1) @ v
-        return self.out_proj(out.transpose(1, 2).reshape(n, t, self.heads * self.head_dim))
+        return self.out_proj(packed_attention(self.in_proj(x), self.heads, self.head_dim))
 
 
 class EncoderBlock(nn.Module):

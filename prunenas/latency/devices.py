@@ -95,7 +95,9 @@ class Device:
                     return model(x)
             return forward
         model = model.cuda().to(memory_format=torch.channels_last)
-        x = x.cuda().contiguous(memory_format=torch.channels_last)
+        x = x.cuda()
+        if x.dim() == 4:  # images; token and feature inputs have no channels-last layout
+            x = x.contiguous(memory_format=torch.channels_last)
 
         def forward_cuda() -> Any:
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):

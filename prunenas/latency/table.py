@@ -4,9 +4,9 @@ on whole networks (latency ~ scale x table sum + intercept, least squares).
 The table is filled lazily: a prediction measures only the unit geometries (:mod:`prunenas.latency.units`)
 it has not seen, so a search that calls it thousands of times measures each distinct layer once. Each entry
 is the unit's median time minus the runtime's fixed per-call cost (:data:`~prunenas.latency.units.OVERHEAD_UNIT`),
-which a whole network pays once. What the units do not cover (pooling, residual additions, shortcuts, layer
-fusion across units) is left to the calibration, fitted per network kind (family, options, input, classes) on
-measured whole networks: :func:`prunenas.latency.calibration.calibrate`.
+which a whole network pays once. What the units do not cover (pooling, residual additions, shortcuts,
+embeddings, layer fusion across units) is left to the calibration, fitted per network kind (family, options,
+input, classes) on measured whole networks: :func:`prunenas.latency.calibration.calibrate`.
 
 Tables live in one JSON file per device fingerprint under ``$PRUNENAS_CACHE/latency`` (default
 ``~/.cache/prunenas/latency``), written atomically under a lock so parallel trials can share them.
