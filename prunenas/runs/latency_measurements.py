@@ -44,12 +44,16 @@ MEASURED_TOLERANCE = 0.05
 """Twins at equal *predicted* latency whose measured medians differ by more than this are not compared."""
 
 
+def measurement_devices(latency_device: tuple[str, int, int] | None) -> tuple[Device, ...]:
+    """Where a run's pairs are measured: the latency device (runtime, batch, threads) of its latency targets, or
+    :data:`DEFAULT_DEVICES` for runs without."""
+    return DEFAULT_DEVICES if latency_device is None else (Device(*latency_device),)
+
+
 def devices_of(g: Group) -> tuple[Device, ...]:
-    """Where ``g``'s pair is measured: its target's latency device, or :data:`DEFAULT_DEVICES`."""
-    device = g.target.get("latency_device")
-    if g.target.get("match") == "latency" and device:
-        return (Device(device["name"], int(device["batch"]), int(device["threads"])),)
-    return DEFAULT_DEVICES
+    """Where ``g``'s pair is measured (:func:`measurement_devices` of its target)."""
+    device = g.target.get("latency_device") if g.target.get("match") == "latency" else None
+    return measurement_devices(device and (device["name"], int(device["batch"]), int(device["threads"])))
 
 
 def pair_archs(run: RunDir, g: Group) -> dict[str, Architecture]:
