@@ -15,8 +15,9 @@ latency targets (``match: latency``) is measured on its ``latency_device``; any 
 
 DIGEST is :meth:`~prunenas.arch.Architecture.digest` (what results rows and training keys name a network by),
 DEVICE a device name (``cpu-torch/b64/t1``), ``fingerprint`` a KEY; ``predicted_ms`` is there when the latency
-cache holds a calibrated predictor of the device for the network's kind. Both networks of a pair are measured
-together, so they share a fingerprint; a pair already stored that way is skipped (resume-safe).
+cache holds a calibrated predictor of the device for the network's kind. The networks of a device are measured
+together in one interleaved session, so every pair shares a fingerprint and the interference; a device whose
+pairs are all stored is skipped (resume-safe).
 """
 
 from __future__ import annotations
@@ -67,23 +68,28 @@ def pair_archs(run: RunDir, g: Group) -> dict[str, Architecture]:
 
 def measure_run(run: RunDir, groups: Sequence[Group], *, force: bool = False, repeats: int = REPEATS,
                 warmup: int = WARMUP, say: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Measure each group's proposal and uniform twin interleaved on :func:`devices_of` and store them in
-    ``RUN/latency.json`` after every pair (atomic write); pairs stored on one fingerprint are skipped unless
-    ``force``. ``say`` gets one progress line per pair. Returns the file's content."""
+    """Measure every group's proposal and uniform twin on :func:`devices_of` and store them in ``RUN/latency.json``
+    (atomic write after each device). The networks of one device are measured in *one* interleaved session, so a
+    twin that several proposals share (same cost, same uniform widths) is one measurement that every pair it
+    belongs to compares against fairly. A device whose pairs are all stored on one fingerprint is skipped unless
+    ``force``. ``say`` gets a line per device and one per pair. Returns the file's content."""
     data = read_measurements(run) or {"format": FORMAT, "fingerprints": {}, "networks": {}}
-    for g in groups:
-        archs = pair_archs(run, g)
-        for device in devices_of(g):
-            where = f"  {g.method} at target {g.target_label} ({g.pid}) on {device.name}"
-            if not archs or not force and _stored(data, archs.values(), device.name):
-                say(f"{where}: {'already measured' if archs else 'no rows yet'}")
-                continue
-            device = get_device(device.runtime, device.batch, device.threads)
-            measured = dict(zip(archs, measure(list(archs.values()), device, repeats, warmup)))
-            _store(data, archs, measured, device)
-            run.write_json(LATENCY_FILE, data)
-            say(f"{where}: " + ", ".join(f"{arm} {m.median_ms:.3f} ms" for arm, m in measured.items())
-                + _ratio_note(measured))
+    pairs = [(g, archs) for g in groups if (archs := pair_archs(run, g))]
+    for device in dict.fromkeys(d for g, _ in pairs for d in devices_of(g)):  # each device once, in order
+        mine = [(g, archs) for g, archs in pairs if device in devices_of(g)]
+        if not force and all(_stored(data, archs.values(), device.name) for _, archs in mine):
+            say(f"  {device.name}: {len(mine)} pair(s) already measured")
+            continue
+        networks = {arch.digest(): arch for _, archs in mine for arch in archs.values()}
+        say(f"  {device.name}: {len(networks)} network(s) of {len(mine)} pair(s), interleaved, {repeats} passes each")
+        here = get_device(device.runtime, device.batch, device.threads)  # checked to exist on this machine
+        measured = dict(zip(networks, measure(list(networks.values()), here, repeats, warmup)))
+        _store(data, networks, measured, here)
+        run.write_json(LATENCY_FILE, data)
+        for g, archs in mine:
+            by_arm = {arm: measured[arch.digest()] for arm, arch in archs.items()}
+            say(f"  {g.method} at target {g.target_label} ({g.pid}) on {device.name}: "
+                + ", ".join(f"{arm} {m.median_ms:.3f} ms" for arm, m in by_arm.items()) + _ratio_note(by_arm))
     return data
 
 
@@ -93,16 +99,17 @@ def _stored(data: Mapping[str, Any], archs: Any, device: str) -> bool:
     return None not in entries and len({e["fingerprint"] for e in entries}) == 1
 
 
-def _store(data: dict[str, Any], archs: Mapping[str, Architecture], measured: Mapping[str, Measurement],
+def _store(data: dict[str, Any], networks: Mapping[str, Architecture], measured: Mapping[str, Measurement],
            device: Device) -> None:
-    predict = _predictor(device, next(iter(archs.values())))
-    for arm, arch in archs.items():
-        m = measured[arm]
+    """Put the measurements of ``networks`` (by digest) on ``device`` into ``data``, with predictions."""
+    for digest, arch in networks.items():
+        m = measured[digest]
         entry = {"median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "min_ms": m.min_ms, "samples": m.samples,
                  "fingerprint": m.fingerprint}
+        predict = _predictor(device, arch)
         if predict is not None:
             entry["predicted_ms"] = predict(arch)
-        data["networks"].setdefault(arch.digest(), {})[device.name] = entry
+        data["networks"].setdefault(digest, {})[device.name] = entry
     data["fingerprints"][device.key()] = device.fingerprint()
 
 

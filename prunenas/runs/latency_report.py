@@ -31,8 +31,8 @@ def markdown_latency(records: Sequence[Mapping[str, Any]], fingerprints: Mapping
         lines.append("| " + " | ".join(cells + ([_predicted(r)] if predicted else [])) + " |")
     samples = sorted({r[arm]["samples"] for r in records for arm in ("proposed", "uniform") if r[arm]})
     lines.append(f"\nMedian (interquartile range) of {'/'.join(map(str, samples))} forward passes per network, "
-                 "each proposal interleaved with its uniform twin, measured once after training and stored in "
-                 "RUN/latency.json; MACs are not speed. Devices measured on:")
+                 "the networks of a device interleaved in one session (each proposal with its uniform twin), measured "
+                 "once after training and stored in RUN/latency.json; MACs are not speed. Devices measured on:")
     used = sorted({r[arm]["fingerprint"] for r in records for arm in ("proposed", "uniform") if r[arm]})
     lines += [f"- {key}: {describe_fingerprint(fingerprints.get(key, {}))}" for key in used]
     unequal = unequal_pairs(records)

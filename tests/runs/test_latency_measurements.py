@@ -7,7 +7,7 @@ import pytest
 
 from prunenas.cli.main import main
 from prunenas.cost import count
-from prunenas.latency import Calibration, Device, LatencyError, LatencyTable, units
+from prunenas.latency import Calibration, Device, LatencyError, LatencyTable, measure, units
 from prunenas.latency.cost import _latency_cost, latency_cost
 from prunenas.proposers import Proposal, Target
 from prunenas.runs import latency_measurements
@@ -69,7 +69,7 @@ def test_the_measurement_stores_both_arms_on_one_fingerprint_per_device_and_skip
         assert all(0 < e["min_ms"] <= e["median_ms"] and e["iqr_ms"] >= 0 for e in entries)
         assert "predicted_ms" not in entries[0]  # no predictor in the (empty) latency cache
         assert data["fingerprints"][device.key()] == device.fingerprint()
-    assert len(lines) == 2 and all(" ms, uniform " in line for line in lines)
+    assert sum(" ms, uniform " in line for line in lines) == 2  # one line per pair and device
 
     def refuse(*args, **kwargs):
         raise AssertionError("a stored pair was measured again")
@@ -80,6 +80,24 @@ def test_the_measurement_stores_both_arms_on_one_fingerprint_per_device_and_skip
     assert (run.path / "latency.json").read_text() == before and lines[-1].endswith("already measured")
     with pytest.raises(AssertionError, match="measured again"):
         measure_run(run, collect(run), force=True)
+
+
+def test_a_twin_two_proposals_share_is_measured_once_with_both_in_one_session(tmp_path, monkeypatch):
+    other = SPACE.arch([max(1, w // 2) for w in SPACE.upper])
+    run = make_run(tmp_path / "run", pairs=((NARROW, SPACE.base), (other, SPACE.base)))
+    sessions = []
+
+    def spy(networks, device, repeats, warmup):
+        sessions.append((device.name, sorted(n.digest() for n in networks)))
+        return measure(networks, device, repeats, warmup)
+
+    monkeypatch.setattr(latency_measurements, "measure", spy)
+    data = measure_run(run, collect(run), repeats=2, warmup=0)
+    three = sorted(a.digest() for a in (NARROW, other, SPACE.base))
+    assert sessions == [("cpu-torch/b1/t1", three), ("cpu-torch/b64/t1", three)]
+    records = pair_records(run, collect(run), data)
+    shared = [r["uniform"] for r in records if r["device"] == "cpu-torch/b1/t1"]
+    assert len(records) == 4 and shared[0] == shared[1]  # both pairs compare against the same measurement
 
 
 def test_a_latency_target_pair_is_measured_on_its_device_with_the_prediction(tmp_path, monkeypatch):
@@ -199,6 +217,7 @@ def test_phase_3_measures_in_the_driver_and_a_device_that_cannot_leaves_the_run_
     tune._phase_latency(SimpleNamespace(run=run))
     out = capsys.readouterr().out
     assert "phase 3: latency of 1 proposal(s) and their twins" in out and out.count(" ms, uniform ") == 2
+    assert out.count("2 network(s) of 1 pair(s), interleaved") == 2
     assert len(json.loads((run.path / "latency.json").read_text())["networks"]) == 2
 
     def absent(*args, **kwargs):
