@@ -1,10 +1,12 @@
-"""``prunenas latency``: measure and predict a network's latency on a device, or report how good the predictor
-is; and the latency-target flags ``uniform`` and ``propose`` share."""
+"""``prunenas latency``: measure and predict a network's latency on a device, report how good the predictor is,
+or measure a run folder's proposals and twins once (``latency measure RUN``); and the latency-target flags
+``uniform`` and ``propose`` share."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from prunenas.budget import CostKind
@@ -14,6 +16,9 @@ from prunenas.errors import PrunenasError
 from prunenas.latency import RUNTIMES, calibration_report, measure
 from prunenas.latency.cost import LatencyCost, latency_cost
 from prunenas.proposers import Target
+from prunenas.runs.groups import collect
+from prunenas.runs.latency_measurements import LATENCY_FILE, measure_run
+from prunenas.runs.rundir import RunDir
 from prunenas.spaces import load_space
 
 
@@ -51,6 +56,12 @@ def device_facts(match: CostKind) -> dict[str, Any]:
 
 
 def run_latency(args: argparse.Namespace) -> int:
+    if args.target == "measure":
+        return measure_run_folder(args)
+    if args.latency_device is None:
+        raise PrunenasError("latency needs --latency-device (" + ", ".join(RUNTIMES) + ")")
+    if args.force:
+        raise PrunenasError("--force applies to `latency measure RUN` only")
     if args.target == "calibrate":
         if args.space is None:
             raise PrunenasError("latency calibrate needs a SPACE (name or YAML)")
@@ -67,6 +78,32 @@ def run_latency(args: argparse.Namespace) -> int:
         print(f"{result['network']} on {result['device']}: measured {result['measured_ms']:.3f} ms "
               f"(IQR {result['iqr_ms']:.3f}, n={result['samples']}), predicted {result['predicted_ms']:.3f} ms")
         print(f"fingerprint {result['fingerprint']}")
+    return 0
+
+
+def measure_run_folder(args: argparse.Namespace) -> int:
+    """``latency measure RUN``: each proposal of a finished run and its uniform twin, measured interleaved on the
+    run's devices and stored in ``RUN/latency.json`` (pairs stored already are skipped unless ``--force``)."""
+    if args.space is None:
+        raise PrunenasError("latency measure needs a RUN folder")
+    if args.latency_device is not None or args.preset is not None:
+        raise PrunenasError("latency measure RUN measures on the run's own devices (its targets' latency device, "
+                            "else cpu-torch at batch 1 and 64, 1 thread); --latency-device and --preset do not apply")
+    run = RunDir(args.space)
+    if run.state().get("status") == "running":
+        raise PrunenasError(f"{run.path} is running or was interrupted: its search measures latency itself after "
+                            f"training (phase 3); an interrupted run: `prunenas resume {run.path}`")
+    groups = collect(run)
+    if not groups:
+        raise PrunenasError(f"{run.path} has no evaluated proposals to measure")
+    progress = sys.stderr if args.json else sys.stdout  # with --json, stdout is the JSON object alone
+    print(f"latency of {len(groups)} proposal(s) and their twins", file=progress)
+    data = measure_run(run, groups, force=args.force, repeats=args.repeats, warmup=args.warmup,
+                       say=lambda line: print(line, file=progress, flush=True))
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    print(f"written to {run.path / LATENCY_FILE}: {len(data['networks'])} network(s); report: prunenas report "
+          f"{run.path}", file=progress)
     return 0
 
 

@@ -78,9 +78,9 @@ def _training_device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int)
 
 
-def _latency_device_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
+def _latency_device_arguments(p: argparse.ArgumentParser) -> None:
     """``--latency-device/-batch/-threads``: the device a latency is measured or predicted on."""
-    p.add_argument("--latency-device", required=required, metavar="RUNTIME",
+    p.add_argument("--latency-device", metavar="RUNTIME",
                    help="latency device: a runtime such as cpu-torch (an unknown one lists them all)")
     p.add_argument("--latency-batch", type=int, default=1, help="images per forward pass on the latency device")
     p.add_argument("--latency-threads", type=int, default=1, help="threads of the latency device")
@@ -185,15 +185,18 @@ def add_propose(sub: Subparsers) -> None:
 
 def add_latency(sub: Subparsers) -> None:
     p = sub.add_parser("latency", help="measured and predicted latency of a network on a device; `latency "
-                       "calibrate SPACE`: the predictor's error next to a MAC-only baseline")
-    p.add_argument("target", help="space name, space YAML or architecture JSON; or `calibrate`")
-    p.add_argument("space", nargs="?", help="with `calibrate`: the space whose random networks are measured")
+                       "calibrate SPACE`: the predictor's error next to a MAC-only baseline; `latency measure RUN`: "
+                       "every proposal of a run folder and its uniform twin, stored in RUN/latency.json")
+    p.add_argument("target", help="space name, space YAML or architecture JSON; or `calibrate`, or `measure`")
+    p.add_argument("space", nargs="?", help="with `calibrate`: the space whose random networks are measured; with "
+                   "`measure`: the run folder")
     p.add_argument("--preset", help="a named architecture of the space")
-    _latency_device_arguments(p, required=True)
+    _latency_device_arguments(p)
     p.add_argument("--repeats", type=int, default=30, help="timed forward passes per network")
     p.add_argument("--warmup", type=int, default=5, help="untimed forward passes first")
     p.add_argument("--n", type=int, default=50, help="calibrate: random architectures measured")
     p.add_argument("--seed", type=int, default=0, help="calibrate: seed of the random architectures")
+    p.add_argument("--force", action="store_true", help="measure: measure again the pairs RUN/latency.json holds")
     _json_flag(p)
     p.set_defaults(run="latency:run_latency")
 
@@ -257,7 +260,8 @@ def add_report(sub: Subparsers) -> None:
     p.add_argument("run_dir")
     p.add_argument("--format", choices=("md", "csv", "json"), default="md")
     p.add_argument("--out", help="folder for the report files (default RUN/report)")
-    p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
+    p.add_argument("--no-latency", action="store_true",
+                   help="write no latency.md (the report measures nothing: it reads RUN/latency.json)")
     _json_flag(p, "print the report as one JSON object (report.json's) on stdout; files are written as usual")
     p.set_defaults(run="runs:cmd_report")
 

@@ -1,45 +1,58 @@
-"""CPU latency of the discovered networks next to their uniform twins (the report's ``latency.md``), measured
-on the machine that runs the report."""
+"""The report's ``latency.md``: the stored latency of the discovered networks next to their uniform twins
+(:mod:`prunenas.runs.latency_measurements`; the report reads ``RUN/latency.json`` and measures nothing)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
-from prunenas.arch import from_dict
-from prunenas.latency import get_device, measure
-from prunenas.runs.groups import Group
-from prunenas.runs.rundir import RunDir
-
-LATENCY_REPEATS = 15
+from prunenas.runs.latency_measurements import MEASURED_TOLERANCE, unequal_pairs
 
 
-def latency_table(run: RunDir, groups: Sequence[Group], batches: Sequence[int] = (1, 64)) -> list[dict[str, Any]]:
-    """Fastest of :data:`LATENCY_REPEATS` forward passes (ms) of each proposal and its uniform twin on the CPU
-    (``cpu-torch`` with this process's threads), measured interleaved by :func:`prunenas.latency.measure`: both
-    networks of a pair see the same interference, and the minimum is the least disturbed run."""
-    out = []
-    for g in groups:
-        record: dict[str, Any] = {"method": g.method, "target": g.target_label, "macs": g.macs}
-        rows = {arm: g.row(arm) for arm in ("proposed", "uniform") if g.row(arm) is not None}
-        archs = [from_dict(row["arch"], base_dir=run.proposals_dir) for row in rows.values()]
-        for b in batches:
-            device = get_device("cpu-torch", b, torch.get_num_threads())
-            for arm, m in zip(rows, measure(archs, device, LATENCY_REPEATS, warmup=2)):
-                record[f"{arm}_ms_b{b}"] = m.min_ms
-        out.append(record)
-    return out
+def _ms(entry: Mapping[str, Any] | None) -> str:
+    return "-" if entry is None else f"{entry['median_ms']:.3f} (IQR {entry['iqr_ms']:.3f})"
 
 
-def markdown_latency(records: Sequence[Mapping[str, Any]], batches: Sequence[int] = (1, 64)) -> str:
-    header = ["method", "target", "MACs"] + [f"{arm} b{b} (ms)" for b in batches for arm in ("proposed", "uniform")]
+def _predicted(record: Mapping[str, Any]) -> str:
+    values = [(record[arm] or {}).get("predicted_ms") for arm in ("proposed", "uniform")]
+    return " / ".join("-" if v is None else f"{v:.3f}" for v in values)
+
+
+def markdown_latency(records: Sequence[Mapping[str, Any]], fingerprints: Mapping[str, Mapping[str, Any]]) -> str:
+    """The table of stored measurements (median and IQR per arm, proposed / uniform), the devices' fingerprints
+    and, for latency targets, the pairs not at equal measured latency."""
+    predicted = any((r[arm] or {}).get("predicted_ms") is not None for r in records for arm in ("proposed", "uniform"))
+    header = ["method", "target", "MACs", "device", "proposed (ms)", "uniform (ms)", "proposed / uniform"]
+    header += ["predicted, proposed / uniform (ms)"] if predicted else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
-        cells = [r["method"], r["target"], f"{r['macs'] / 1e6:.2f}M"]
-        cells += [f"{r[k]:.2f}" if k in r else "-" for b in batches for k in (f"proposed_ms_b{b}", f"uniform_ms_b{b}")]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append(f"\nFastest of {LATENCY_REPEATS} interleaved CPU forward passes on this machine "
-                 f"({torch.get_num_threads()} threads); MACs are not speed.")
+        cells = [r["method"], r["target"], f"{r['macs'] / 1e6:.2f}M", r["device"], _ms(r["proposed"]),
+                 _ms(r["uniform"]), "-" if r["ratio"] is None else f"{r['ratio']:.2f}"]
+        lines.append("| " + " | ".join(cells + ([_predicted(r)] if predicted else [])) + " |")
+    samples = sorted({r[arm]["samples"] for r in records for arm in ("proposed", "uniform") if r[arm]})
+    lines.append(f"\nMedian (interquartile range) of {'/'.join(map(str, samples))} forward passes per network, "
+                 "the networks of a device interleaved in one session (each proposal with its uniform twin), measured "
+                 "once after training and stored in RUN/latency.json; MACs are not speed. Devices measured on:")
+    used = sorted({r[arm]["fingerprint"] for r in records for arm in ("proposed", "uniform") if r[arm]})
+    lines += [f"- {key}: {describe_fingerprint(fingerprints.get(key, {}))}" for key in used]
+    unequal = unequal_pairs(records)
+    if unequal:
+        lines += ["", f"## Not at equal measured latency (more than ±{100 * MEASURED_TOLERANCE:g}% apart; "
+                  "excluded from the verdict)", "", *[f"- {line}" for line in unequal_lines(unequal)]]
     return "\n".join(lines)
+
+
+def describe_fingerprint(fingerprint: Mapping[str, Any]) -> str:
+    """A device fingerprint in one line: runtime, batch, threads, hardware and package versions."""
+    if not fingerprint:
+        return "(fingerprint not stored)"
+    head = f"{fingerprint['runtime']} batch {fingerprint['batch']}, {fingerprint['threads']} thread(s)"
+    rest = [f"{k} {v}" for k, v in fingerprint.items() if k not in ("runtime", "batch", "threads")]
+    return ", ".join([head, *rest])
+
+
+def unequal_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One sentence per pair whose measured medians differ by more than the tolerance."""
+    return [f"{r['method']} at target {r['target']} on {r['device']}: uniform twin "
+            f"{100 * r['measured_twin_error']:+.1f}% off the proposal's measured latency "
+            f"({r['proposed']['median_ms']:.3f} vs {r['uniform']['median_ms']:.3f} ms)" for r in records]

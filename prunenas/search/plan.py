@@ -30,6 +30,7 @@ from prunenas.experiment import (
 )
 from prunenas.proposers import PROPOSERS, Proposal, Target
 from prunenas.recipes import RECIPES, scale_milestones
+from prunenas.runs.latency_measurements import measurement_devices
 from prunenas.spaces import Space
 
 # -- the sampled space ----------------------------------------------------------------------------------
@@ -299,6 +300,7 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
     }
     phases["total_cost"] = sum(p["cost"] for p in phases.values() if isinstance(p, dict))
     phases["resources"] = trial_resources(exp, recipe.batch_size)
+    phases["latency"] = {"proposals": n_proposals, "devices": [d.name for d in measurement_devices(exp.latency_device)]}
     return phases
 
 
@@ -350,6 +352,8 @@ def format_estimate(exp: Experiment, est: Mapping[str, Any]) -> str:
         drops = f", lr drops at {arm['milestones']}" if any(arm["milestones"]) else ""
         lines.append(f"           {arm['arm']:9} {arm['budget']:9} {arm['trials']:4d} trials, epochs {arm['epochs']}, "
                      f"lr {arm['lr']}{drops}")
+    lines.append(f"phase 3  latency: {est['latency']['proposals']} proposal(s) and their uniform twins measured "
+                 f"once after training on {', '.join(est['latency']['devices'])}")
     lines.append(f"total cost {_e(est['total_cost'])} (forward MACs x training images x epochs; training is ~3x)")
     r = est["resources"]
     gpu = "1 GPU if the cluster has GPUs" if r["gpu_per_worker"] is None else f"{r['gpu_per_worker']:g} GPU"

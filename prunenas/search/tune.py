@@ -1,13 +1,16 @@
-"""The search's driver: three phases of Ray Tune trials, Optuna sampling the proposals (phase 1 lives in
-:mod:`prunenas.search.search_phase`, the Tune plumbing the phases share in :mod:`prunenas.search.tuning`, starting
-Ray in :mod:`prunenas.search.ray_setup`).
+"""The search's driver: three phases of Ray Tune trials and a latency phase, Optuna sampling the proposals
+(phase 1 lives in :mod:`prunenas.search.search_phase`, the Tune plumbing the phases share in
+:mod:`prunenas.search.tuning`, starting Ray in :mod:`prunenas.search.ray_setup`).
 
 0. base models the proposers need, one Tune trial each, trained once into the cache;
 1. search: ``OptunaSearch`` (define-by-run, :func:`prunenas.search.plan.suggest`) samples method x parameters x
    target (and learning rate, and with ``direct: true`` per-slot widths); each trial builds the proposal and
    trains it from scratch (Scratch-E) on the search seeds; Optuna is told the mean final validation accuracy
    (and MACs for a Pareto search). The study lives in ``RUN/optuna.journal``;
-2. evaluation: a plain Tune run over every arm x budget x evaluation seed of the selected proposals.
+2. evaluation: a plain Tune run over every arm x budget x evaluation seed of the selected proposals;
+3. latency: every selected proposal and its uniform twin measured interleaved, once, in the driver after every
+   Tune trial has ended (nothing trains meanwhile), stored in ``RUN/latency.json`` for the report
+   (:mod:`prunenas.runs.latency_measurements`).
 
 Every trained network is one row of ``RUN/results.jsonl`` (prunenas.runs.results), written by the trial itself,
 so nothing finished is lost when the driver dies; :func:`resume` continues in whichever phase it stopped.
@@ -30,9 +33,12 @@ from prunenas.cost import count
 from prunenas.errors import PrunenasError
 from prunenas.experiment import Experiment
 from prunenas.experiment_file import experiment_from_dict
+from prunenas.latency import LatencyError
 from prunenas.pretrained import ensure_available
 from prunenas.proposers import Proposal, load_proposal
 from prunenas.proposers.basemodel import RegularizerSpec
+from prunenas.runs.groups import collect
+from prunenas.runs.latency_measurements import measure_run
 from prunenas.runs.rundir import RunDir
 from prunenas.search import console, monitor, tuning
 from prunenas.search.plan import base_model_specs, pareto_cost, select_proposals, target_excess
@@ -114,15 +120,15 @@ def _run_phases(ctx: Context, dashboard_url: str | None, log: Path | None) -> No
     phase_search(ctx)
     run.write_state(phase=2)
     missing = _phase_evaluate(ctx)
+    run.write_state(phase=3)
+    _phase_latency(ctx)
     if missing:
-        run.write_state(status="incomplete", phase=3)
+        run.write_state(status="incomplete")
         console.say(f"incomplete: {missing} planned training(s) failed; `prunenas resume {run.path}` retries "
                     f"them (diverged ones are final and never retried)")
     else:
-        run.write_state(status="finished", phase=3)
+        run.write_state(status="finished")
         console.say(f"finished: {run.path}  (report: prunenas report {run.path})")
-
-
 
 def _absolute_paths(exp: Experiment) -> Experiment:
     if exp.data_root:
@@ -226,3 +232,19 @@ def _evaluation_trial(config: dict, ctx: Context) -> None:
     tune.report({"score": row["val_acc"], "final": True, "arm": training.arm,
                  "summary": f"{training.arm} {training.budget} seed {training.seed} ({training.method}): "
                             f"val {row['val_acc']:.2%}, test {row['test_acc']:.2%}"})
+
+
+# -- phase 3: latency -------------------------------------------------------------------------------------
+
+
+def _phase_latency(ctx: Context) -> None:
+    """Measure the selected proposals and their twins (pairs measured before are skipped). Runs serially in the
+    driver after phase 2's trials have all ended, so no training shares the machine. A device that cannot
+    measure here leaves the run without measurements, not failed: ``prunenas latency measure RUN`` adds them."""
+    groups = collect(ctx.run)
+    console.say(f"phase 3: latency of {len(groups)} proposal(s) and their twins")
+    try:
+        measure_run(ctx.run, groups, say=console.say)
+    except LatencyError as err:
+        console.say(f"phase 3: no latency measured ({err}); measure later with "
+                    f"`prunenas latency measure {ctx.run.path}`")

@@ -1,14 +1,12 @@
 """The report's reading of a run on hand-made groups (no run folder, no training): the interval column and
 verdict, the Pareto front of the proposals and the cost error of the controls."""
 import json
-from types import SimpleNamespace
 
 import pytest
 
 from prunenas.runs import latency_report, plots, report, tables
 from prunenas.runs.groups import Group, best_learning_rate
 from prunenas.runs.tables import markdown_table, verdict
-from prunenas.spaces import load_space
 
 MACS = 6_710_000
 
@@ -90,15 +88,24 @@ def test_report_json_writes_null_where_two_seeds_give_no_interval():
         report.report_json({"low": float("nan")})
 
 
-def test_latency_md_times_each_proposal_against_its_twin_on_the_latency_core(tmp_path):
-    space = load_space("vgg11-fashionmnist")
-    narrow = space.arch([max(1, w // 8) for w in space.upper])  # ~1/64 of the MACs: far faster, even on a busy CPU
-    rows = {("proposed", "scratch-e"): {0: {"arch": narrow.to_dict()}},
-            ("uniform", "scratch-e"): {0: {"arch": space.base.to_dict()}}}
-    g = Group("p", "m", {}, {"ratio": 0.5}, 1, 1, None, (1,), (2,), ("s",), rows)
-    (record,) = latency_report.latency_table(SimpleNamespace(proposals_dir=tmp_path), [g], batches=(8,))
-    assert 0 < record["proposed_ms_b8"] < record["uniform_ms_b8"]
-    assert "Fastest of 15 interleaved CPU forward passes" in latency_report.markdown_latency([record], batches=(8,))
+def _latency_record(proposed_ms, uniform_ms, predicted=None):
+    entry = {"iqr_ms": 0.02, "min_ms": 0.9, "samples": 30, "fingerprint": "abc"}
+    record = {"method": "l1-norm", "target": "0.5", "macs": 3_360_000, "device": "cpu-torch/b64/t1",
+              "proposed": {**entry, "median_ms": proposed_ms}, "uniform": {**entry, "median_ms": uniform_ms},
+              "ratio": proposed_ms / uniform_ms, "unequal": False}
+    if predicted:
+        record["proposed"]["predicted_ms"], record["uniform"]["predicted_ms"] = predicted
+    return record
+
+
+def test_latency_md_is_the_stored_medians_of_each_proposal_and_its_twin():
+    fingerprint = {"runtime": "cpu-torch", "batch": 64, "threads": 1, "cpu": "Some CPU", "torch": "2.9"}
+    text = latency_report.markdown_latency([_latency_record(7.5, 10.0)], {"abc": fingerprint})
+    assert "| l1-norm | 0.5 | 3.36M | cpu-torch/b64/t1 | 7.500 (IQR 0.020) | 10.000 (IQR 0.020) | 0.75 |" in text
+    assert "predicted" not in text and "Median (interquartile range) of 30 forward passes" in text
+    assert "- abc: cpu-torch batch 64, 1 thread(s), cpu Some CPU, torch 2.9" in text
+    predicted = latency_report.markdown_latency([_latency_record(7.5, 10.0, (7.0, 9.5))], {"abc": fingerprint})
+    assert predicted.splitlines()[2].endswith("| 0.75 | 7.000 / 9.500 |")
 
 
 def _rows(values, train_macs, pipeline_macs):

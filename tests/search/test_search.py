@@ -60,6 +60,12 @@ def test_search_end_to_end(tmp_path):
         error = abs(uniform.pop() / goal - 1)
         assert error <= max(0.01, _closest_uniform_error(goal) + 1e-12)  # +-1% wherever a uniform net is
     assert "proposed − uniform" in results_table(RunDir(run))
+    # phase 3 measured every proposal and its twin once, on the default devices, after the trainings
+    assert "phase 3: latency of" in proc.stdout
+    measured = json.loads((run / "latency.json").read_text())["networks"]
+    for group in collect(RunDir(run)):
+        for arm in ("proposed", "uniform"):
+            assert set(measured[group.row(arm)["digest"]]) == {"cpu-torch/b1/t1", "cpu-torch/b64/t1"}
     # the run exports: arch list shows every trained network; --best takes the best validation accuracy
     listed = cli("arch", "list", run, "--json")
     assert listed.returncode == 0 and {r["key"] for r in json.loads(listed.stdout)} == keys
