@@ -23,8 +23,15 @@ from prunenas.errors import PrunenasError
 from prunenas.experiment import CONTROLS
 from prunenas.runs.groups import Group, arms_present, collect
 from prunenas.runs.latency_report import latency_table, markdown_latency
-from prunenas.runs.plots import plot_accuracy_vs_compute, plot_accuracy_vs_macs, plot_widths, plots_compute
+from prunenas.runs.plots import (
+    plot_accuracy_vs_compute,
+    plot_accuracy_vs_macs,
+    plot_fidelity,
+    plot_widths,
+    plots_compute,
+)
 from prunenas.runs.rundir import RunDir
+from prunenas.runs.screening import markdown_fidelity, proxy_fidelity
 from prunenas.runs.tables import (
     comparison_rows,
     markdown_comparisons,
@@ -46,9 +53,14 @@ def write_report(run: RunDir, out: str | os.PathLike | None = None, fmt: str = "
     state = run.state()
     groups = collect(run)  # read (and reject a corrupt run) before the report folder exists
     out.mkdir(parents=True, exist_ok=True)
+    fidelity = proxy_fidelity(run)
     written: dict[str, Any] = {"folder": str(out), "files": [], "data": report_data(state, groups)}
+    if fidelity:
+        written["data"]["proxy_fidelity"] = finite_or_none(fidelity)
+        written["files"] += [p.name for p in plot_fidelity(fidelity["candidates"], fidelity["proxies"][0]["proxy"],
+                                                          out / "proxy_fidelity")]
     if fmt == "md":
-        text = _markdown(run, state, groups)
+        text = _markdown(run, state, groups, fidelity)
         (out / "report.md").write_text(text)
         written["files"].append("report.md")
         written["text"] = text
@@ -98,7 +110,8 @@ def report_json(data: Mapping[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def _markdown(run: RunDir, state: Mapping[str, Any], groups: Sequence[Group]) -> str:
+def _markdown(run: RunDir, state: Mapping[str, Any], groups: Sequence[Group],
+              fidelity: Mapping[str, Any] | None = None) -> str:
     rows = run.results.rows()
     failed = [r for r in run.results.latest().values() if r["status"] in ("failed", "diverged")]
     parts = [f"# Report: {state.get('name', run.path.name)}",
@@ -118,6 +131,9 @@ def _markdown(run: RunDir, state: Mapping[str, Any], groups: Sequence[Group]) ->
                   "Plots: `accuracy_vs_macs.png` (test accuracy vs MACs, uniform twins as a curve, the Pareto front "
                   "of the proposals by validation accuracy), "
                   "`widths.png` (kept fraction per slot). Latency: `latency.md`.", ""]
+    if fidelity:
+        parts += ["## Proxy fidelity", "", markdown_fidelity(fidelity), "",
+                  "Plot: `proxy_fidelity.png` (proxy score vs full validation accuracy, promoted and audit).", ""]
     if failed:
         parts += ["## Failed or diverged trainings", "", "| key | arm | method | status | error |",
                   "|---|---|---|---|---|"]
