@@ -35,12 +35,15 @@ def read_screening(search: Reader, space: Space) -> Screening | None:
                               "candidates of search.screen screened ones; drop num_samples")
     name, params = _proxy(search.data["proxy"], "search.proxy", space)
     screen = search.get("screen", int, required=True, minimum=1)
-    promote = search.get("promote", int, required=True, minimum=1)
+    promote = search.get("promote", int, required=True, minimum=0)
     audit = search.get("audit", int, default=DEFAULT_AUDIT, minimum=0)
     try:
         check_phases(screen, promote, audit)
     except PrunenasError as err:
         raise ExperimentError(f"search: {err}") from None
+    if promote + audit == 0:
+        raise ExperimentError("search: promote 0 + audit 0 trains nothing; promote the proxy's best, audit a random "
+                              "sample, or both")
     extra = search.get("fidelity_proxies", list, default=[])
     fidelity = tuple(_proxy(item, f"search.fidelity_proxies[{i}]", space) for i, item in enumerate(extra))
     return Screening(name, params, screen, promote, audit, fidelity)

@@ -42,11 +42,10 @@ def phase_screen(ctx: Context) -> None:
     x = exp.screening
     study = _open_study(ctx, exp)
     candidates = _candidates(study, exp)
-    scored = _scores(ctx, "screen", x.proxy)
+    todo = _unscored(ctx, "screen", x.proxy, candidates)
     console.say(f"phase 1: screen {len(candidates)} candidate(s) by proxy {x.proxy}: "
-                f"{sum(c.number in scored for c in candidates)} scored, "
-                f"{sum(c.number not in scored for c in candidates)} to score")
-    _score(ctx, "screen", x.proxy, x.params, [c for c in candidates if c.number not in scored])
+                f"{len(candidates) - len(todo)} scored, {len(todo)} to score")
+    _score(ctx, "screen", x.proxy, x.params, todo)
     scores = _scores(ctx, "screen", x.proxy)
     missing = [c.number for c in candidates if c.number not in scores]
     if missing:
@@ -57,10 +56,10 @@ def phase_screen(ctx: Context) -> None:
     roles = {**{i: "promoted" for i in promotion.promoted}, **{i: "audit" for i in promotion.audited}}
     _tell(study, candidates, scores, roles)
     chosen = [(i, candidates[i], roles[i]) for i in (*promotion.promoted, *promotion.audited)]
-    _train(ctx, [_training_spec(c, i, role, scores[c.number]) for i, c, role in chosen])
-    for name, params in x.fidelity_proxies:
-        done = _scores(ctx, "fidelity", name)
-        _score(ctx, "fidelity", name, params, [c for _, c, _ in chosen if c.number not in done])
+    fidelity = [batch for name, params in x.fidelity_proxies
+                for batch in _batches(ctx, "fidelity", name, params, _unscored(ctx, "fidelity", name,
+                                                                            [c for _, c, _ in chosen]))]
+    _train(ctx, [_training_spec(c, i, role, scores[c.number]) for i, c, role in chosen], fidelity)
     summary = {"screened": len(candidates), "promoted": len(promotion.promoted), "audit": len(promotion.audited)}
     ctx.run.write_state(search=summary)
     console.say("phase 1: " + ", ".join(f"{n} {what}" for what, n in summary.items()))
@@ -139,24 +138,35 @@ def _scores(ctx: Context, stage: str, proxy: str) -> dict[int, dict[str, Any]]:
             if row["stage"] == stage and row["proxy"] == proxy}
 
 
+def _unscored(ctx: Context, stage: str, proxy: str, candidates: Sequence[Candidate]) -> list[Candidate]:
+    done = _scores(ctx, stage, proxy)
+    return [c for c in candidates if c.number not in done]
+
+
+def _batches(ctx: Context, stage: str, proxy: str, params: Mapping[str, Any],
+             todo: Sequence[Candidate]) -> list[dict[str, Any]]:
+    """Tune configs scoring ``todo`` by ``proxy``, about ``len(todo) / trials at once`` candidates each."""
+    size = max(1, math.ceil(len(todo) / trials_at_once(ctx.experiment)))
+    items = [{"number": c.number, "spec": c.user_attrs["spec"]} for c in todo]
+    return [{"batch": {"stage": stage, "proxy": proxy, "params": dict(params), "candidates": items[i:i + size]}}
+            for i in range(0, len(items), size)]
+
+
 def _score(ctx: Context, stage: str, proxy: str, params: Mapping[str, Any], todo: Sequence[Candidate]) -> None:
-    """Score ``todo`` by ``proxy`` in Tune trials of about ``len(todo) / trials at once`` candidates each."""
+    """Score ``todo`` by ``proxy`` in Tune trials of a batch of candidates each."""
     if not todo:
         return
-    size = math.ceil(len(todo) / trials_at_once(ctx.experiment))
-    items = [{"number": c.number, "spec": c.user_attrs["spec"]} for c in todo]
-    batches = [{"stage": stage, "proxy": proxy, "params": dict(params), "candidates": items[i:i + size]}
-               for i in range(0, len(items), size)]
+    batches = _batches(ctx, stage, proxy, params, todo)
     progress = console.Progress(ctx.run, f"{stage} {proxy}", len(batches), 1.0, rows=False)
     with progress:
-        results = tuning.tuner(ctx, _score_batch, tuning.attempt_name(ctx, stage), {"batch": tune.grid_search(batches)},
+        results = tuning.tuner(ctx, _score_batch, tuning.attempt_name(ctx, stage), {"job": tune.grid_search(batches)},
                                progress).fit()
     tuning.raise_if_all_failed(results, f"phase 1 ({stage} by {proxy})")
 
 
 def _score_batch(config: dict, ctx: Context) -> None:
     """A Tune trial: score a batch of candidates by one proxy, appending each score to ``screen.jsonl``."""
-    job, exp = config["batch"], ctx.experiment
+    job, exp = config["job"]["batch"], ctx.experiment
     needs_base = proxies.PROXIES.get(job["proxy"]).needs_base
     context = proxies.ProxyContext(exp.space, data=ctx.data(), provider=ctx.provider() if needs_base else None,
                                    seed=exp.search_seeds[0], recipe=exp.recipe, device=ctx.device)
@@ -187,18 +197,27 @@ def _training_spec(candidate: Candidate, index: int, role: str, score: Mapping[s
                           "optuna_trial": candidate.number}}
 
 
-def _train(ctx: Context, specs: Sequence[dict[str, Any]]) -> None:
-    """Train the chosen candidates as search trials (those without final rows on every search seed)."""
+def _train(ctx: Context, specs: Sequence[dict[str, Any]], scorings: Sequence[dict[str, Any]]) -> None:
+    """Train the chosen candidates as search trials (those without final rows on every search seed); the
+    ``scorings`` (fidelity proxies' batches) run in the same Tune run, which saves one Tune start."""
     exp = ctx.experiment
     todo = [s for s in specs if not _trained(ctx, s)]
     console.say(f"phase 1: full training of {len(specs)} candidate(s) ({len(todo)} to train, "
-                f"{len(exp.search_seeds)} seed(s) each)")
-    if not todo:
+                f"{len(exp.search_seeds)} seed(s) each); {len(scorings)} fidelity proxy batch(es) to score")
+    if not todo and not scorings:
         return
     with tuning.progress(ctx, "search", "search", len(todo) * len(exp.search_seeds)) as progress:
-        results = tuning.tuner(ctx, _search_trial, tuning.attempt_name(ctx, "search"),
-                               {"trial": tune.grid_search(todo)}, progress).fit()
+        results = tuning.tuner(ctx, _train_or_score, tuning.attempt_name(ctx, "search"),
+                               {"job": tune.grid_search([*({"trial": s} for s in todo), *scorings])}, progress).fit()
     tuning.raise_if_all_failed(results, "phase 1 (full training)")
+
+
+def _train_or_score(config: dict, ctx: Context) -> None:
+    """A Tune trial of the training run: a candidate's full training, or a batch of fidelity proxy scores."""
+    if "batch" in config["job"]:
+        _score_batch(config, ctx)
+    else:
+        _search_trial(config["job"], ctx)
 
 
 def _trained(ctx: Context, spec: Mapping[str, Any]) -> bool:
