@@ -102,6 +102,15 @@ def markdown_fidelity(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fidelity_line(data: Mapping[str, Any]) -> str:
+    """The screening proxy's fidelity in one line (``prunenas status``)."""
+    main = data["proxies"][0]
+    audit, trained = main["audit"], main["trained"]
+    return (f"{main['proxy']}: Kendall tau {_correlation(audit['kendall'])} on {audit['n']} audit, "
+            f"{_correlation(trained['kendall'])} on {trained['n']} trained; top-1 regret "
+            f"{format_percent(trained['top1_regret'])} points ({data['screened']} screened)")
+
+
 def _correlation(c: Mapping[str, Any]) -> str:
     if not finite_number(c.get("value")):
         return "-"

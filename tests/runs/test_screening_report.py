@@ -24,6 +24,7 @@ CANDIDATES = {
 
 def _row(pid, seed, role, score, acc, index):
     return {"key": f"{pid}-{seed}", "phase": "search", "status": "ok", "proposal": pid, "seed": seed, "macs": 100,
+            "method": "direct",
             "val_acc": acc, "role": role, "proxy": "synflow", "proxy_score": score, "screen_index": index}
 
 
@@ -81,6 +82,14 @@ def test_report_md_and_json_carry_the_section(run):
     data = write_report(run, fmt="json", latency=False)["data"]["proxy_fidelity"]
     assert data["proxies"][0]["trained"]["n"] == 8 and len(data["candidates"]) == 8
     assert json.loads(json.dumps(data, allow_nan=False)) == data  # JSON without NaN
+
+
+def test_status_shows_the_fidelity_in_one_line(run):
+    from prunenas.cli.status import run_status
+
+    tau = stats.kendalltau([CANDIDATES[p][1] for p in CANDIDATES], _means(CANDIDATES)).statistic
+    line = run_status(str(run.path))["proxy_fidelity"]
+    assert line.startswith("synflow: Kendall tau ") and f"{tau:+.2f} [" in line and "(9 screened)" in line
 
 
 def test_a_plain_search_has_no_section(tmp_path):

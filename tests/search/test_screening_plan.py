@@ -9,7 +9,7 @@ import pytest
 from prunenas.budget import cost_of
 from prunenas.errors import PrunenasError
 from prunenas.experiment_file import experiment_from_dict
-from prunenas.search.plan import budget_excess, base_model_specs, estimate
+from prunenas.search.plan import base_model_specs, budget_excess, estimate
 from prunenas.search.screening import _candidates
 
 DIRECT = {"space": "tiny-synthetic", "data": {"name": "synthetic"}, "proposers": {"random": {}},
