@@ -87,6 +87,25 @@ def target_choices(exp: Experiment, method: str) -> list[Any]:
 
 
 @dataclass(frozen=True)
+class Screening:
+    """Phase 1 of a multi-fidelity search (``search.proxy``): ``screen`` candidates scored by ``proxy``, the
+    ``promote`` best trained fully plus ``audit`` drawn uniformly at random from the rest (the unbiased sample
+    the proxy's fidelity is measured on); ``fidelity_proxies`` also score the fully trained candidates."""
+
+    proxy: str
+    params: Mapping[str, Any]
+    screen: int
+    promote: int
+    audit: int = 10
+    fidelity_proxies: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+
+    @property
+    def trained(self) -> int:
+        """Candidates trained fully: the promoted and the audit ones."""
+        return self.promote + self.audit
+
+
+@dataclass(frozen=True)
 class Experiment:
     """A validated experiment (see the module docstring)."""
 
@@ -125,6 +144,7 @@ class Experiment:
     select: str = "all"
     top_k: int = 3
     enqueue: bool = True
+    screening: Screening | None = None  # search.proxy: screen by proxy, train the promoted and audit candidates
     scheduler: str = "none"
     cpu: float = 1.0  # per worker
     gpu: float | None = None  # per worker; None: one GPU per worker when the cluster has GPUs, else none

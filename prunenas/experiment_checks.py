@@ -16,6 +16,7 @@ from prunenas.experiment import (
     setting_values,
     target_choices,
 )
+from prunenas.experiment_screening import check_screening
 from prunenas.pretrained import torchvision_builder
 from prunenas.proposers import PROPOSERS
 from prunenas.recipes import RECIPES
@@ -24,6 +25,7 @@ from prunenas.recipes import RECIPES
 def cross_checks(exp: Experiment) -> None:
     _check_base_arms(exp)
     _check_batches_split(exp)
+    check_screening(exp)
     for method in exp.proposers:
         if not target_choices(exp, method):
             raise ExperimentError(f"proposers.{method}: no target to propose at ({method} has no presets); "

@@ -29,6 +29,7 @@ from prunenas.experiment import (
 )
 from prunenas.experiment_checks import cross_checks
 from prunenas.experiment_reader import Reader, read_setting
+from prunenas.experiment_screening import SCREENING_KEYS, read_screening
 from prunenas.fileio import read_text
 from prunenas.latency.devices import get_device
 from prunenas.pretrained import check_weights_name
@@ -58,7 +59,7 @@ SECTION_KEYS = {
     "targets": {"ratios", "macs", "presets", "match", "latency_ratios", "latency_ms", "latency_device"},
     "seeds": {"search", "eval"},
     "recipe": {"name", "epochs", "lr"},
-    "search": {"sampler", "num_samples", "objectives", "direct", "select", "top_k", "enqueue"},
+    "search": {"sampler", "num_samples", "objectives", "direct", "select", "top_k", "enqueue", *SCREENING_KEYS},
     "resources": {"cpu", "gpu", "workers"},
     "finetune": {"recipe", "epochs"},
     "distill": {"temperature", "weight"},
@@ -116,6 +117,7 @@ def experiment_from_dict(data: Any, default_name: str = "experiment") -> Experim
         select=search.choice("select", SELECTIONS, default="all"),
         top_k=search.get("top_k", int, default=3, minimum=1),
         enqueue=search.get("enqueue", bool, default=True),
+        screening=read_screening(search, space),
         scheduler=root.choice("scheduler", SCHEDULERS, default="none"),
         cpu=resources.get("cpu", (int, float), default=1.0, minimum=0.01),
         gpu=resources.get("gpu", (int, float), default=None, minimum=0.0),

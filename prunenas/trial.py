@@ -186,8 +186,10 @@ def training_key(ctx: Context, training: Trial, config: TrainConfig | None = Non
 
 
 def run_trial(ctx: Context, training: Trial, phase: str,
-                 on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+                 on_epoch: Callable[[dict[str, float]], None] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train ``training`` (resuming its checkpoint) unless its key already has a final row; return the row.
+    ``extra`` adds fields to a new row (a screened candidate's ``role`` and ``proxy_score``).
 
     Only the evaluation phase (``phase == "eval"``) reads the test set: a search row reused as an evaluation
     row gets its test accuracy from its saved weights then (:func:`add_test_accuracy`).
@@ -198,11 +200,11 @@ def run_trial(ctx: Context, training: Trial, phase: str,
     config = training_config(ctx, training)
     key = training_key(ctx, training, config)
     with locked(ctx.run.checkpoint_path(key).with_suffix(".lock")):  # one trainer per key, even across a resume
-        return _train_unless_final(ctx, training, phase, on_epoch, config, key)
+        return _train_unless_final(ctx, training, phase, on_epoch, config, key, extra or {})
 
 
-def _train_unless_final(ctx: Context, training: Trial, phase: str,
-                        on_epoch: Callable[[dict[str, float]], None] | None, config: Any, key: str) -> dict[str, Any]:
+def _train_unless_final(ctx: Context, training: Trial, phase: str, on_epoch: Callable[[dict[str, float]], None] | None,
+                        config: Any, key: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     store = ctx.run.results
     existing = store.final(key)
     if existing is not None:
@@ -217,7 +219,7 @@ def _train_unless_final(ctx: Context, training: Trial, phase: str,
                            "arch": arch_dict(training.arch), "digest": training.arch.digest(), "macs": cost.macs,
                            "params": cost.params, "epochs": config.epochs, "recipe": config.identity(),
                            "init": training.init, "environment": {**environment(config.device), "node": ctx.node},
-                           "workers": ctx.workers}
+                           "workers": ctx.workers, **extra}
     if training.twin_error is not None:
         row["twin_error"] = training.twin_error
     started = time.time()

@@ -11,6 +11,7 @@ from typing import Any
 from prunenas.errors import PrunenasError
 from prunenas.runs.groups import collect
 from prunenas.runs.rundir import RunDir
+from prunenas.runs.screening import fidelity_line, proxy_fidelity
 from prunenas.runs.tables import twin_flags
 from prunenas.search.monitor import job_status
 from prunenas.search.study import trial_states
@@ -41,6 +42,9 @@ def run_status(target: str, address: str | None = None) -> dict[str, Any]:
     if best:
         info["best_so_far"] = (f"{best['method']} proposal {best['proposal']}: val {best['val_acc']:.2%} at "
                                f"{best['macs'] / 1e6:.2f}M MACs")
+    fidelity = proxy_fidelity(run)
+    if fidelity:
+        info["proxy_fidelity"] = fidelity_line(fidelity)
     plan = run.read_json("plan.json")
     if plan:
         keys = {e["key"] for entries in plan["proposals"].values() for e in entries}

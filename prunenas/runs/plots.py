@@ -10,7 +10,7 @@ from typing import Any
 
 from prunenas.experiment import CONTROLS
 from prunenas.runs.groups import METRICS, Group, arms_present, mean_compute
-from prunenas.runs.stats import mean_std
+from prunenas.runs.stats import finite_number, mean_std
 
 
 def plot_accuracy_vs_compute(groups: Sequence[Group], path: Path, metric: str = "test_acc") -> list[Path]:
@@ -37,6 +37,24 @@ def plot_accuracy_vs_compute(groups: Sequence[Group], path: Path, metric: str = 
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{METRICS[metric]} (%)")
     axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_fidelity(candidates: Sequence[Mapping[str, Any]], proxy: str, path: Path) -> list[Path]:
+    """Proxy score vs full validation accuracy of the trained candidates, promoted and audit apart."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for role, marker in (("promoted", "o"), ("audit", "s")):
+        points = [(c["proxy_score"], 100 * c["val_acc"]) for c in candidates
+                  if c["role"] == role and finite_number(c["proxy_score"])]
+        if points:
+            ax.scatter(*zip(*points), marker=marker, label=f"{role} ({len(points)})")
+    ax.set_xlabel(f"proxy score ({proxy})")
+    ax.set_ylabel("validation accuracy, fully trained (%)")
+    ax.set_title("Proxy score vs full training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

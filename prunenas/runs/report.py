@@ -26,8 +26,15 @@ from prunenas.experiment import CONTROLS
 from prunenas.runs.groups import Group, arms_present, collect
 from prunenas.runs.latency_measurements import comparable, pair_records, read_measurements, unequal_pairs
 from prunenas.runs.latency_report import markdown_latency, unequal_lines
-from prunenas.runs.plots import plot_accuracy_vs_compute, plot_accuracy_vs_macs, plot_widths, plots_compute
+from prunenas.runs.plots import (
+    plot_accuracy_vs_compute,
+    plot_accuracy_vs_macs,
+    plot_fidelity,
+    plot_widths,
+    plots_compute,
+)
 from prunenas.runs.rundir import RunDir
+from prunenas.runs.screening import markdown_fidelity, proxy_fidelity
 from prunenas.runs.tables import (
     comparison_rows,
     markdown_comparisons,
@@ -53,9 +60,14 @@ def write_report(run: RunDir, out: str | os.PathLike | None = None, fmt: str = "
     measurements = read_measurements(run)
     records = None if measurements is None else pair_records(run, groups, measurements)
     out.mkdir(parents=True, exist_ok=True)
+    fidelity = proxy_fidelity(run)
     written: dict[str, Any] = {"folder": str(out), "files": [], "data": report_data(state, groups, records)}
+    if fidelity:
+        written["data"]["proxy_fidelity"] = finite_or_none(fidelity)
+        written["files"] += [p.name for p in plot_fidelity(fidelity["candidates"], fidelity["proxies"][0]["proxy"],
+                                                          out / "proxy_fidelity")]
     if fmt == "md":
-        text = _markdown(run, state, groups, records)
+        text = _markdown(run, state, groups, records, fidelity)
         (out / "report.md").write_text(text)
         written["files"].append("report.md")
         written["text"] = text
@@ -110,7 +122,7 @@ def report_json(data: Mapping[str, Any]) -> str:
 
 
 def _markdown(run: RunDir, state: Mapping[str, Any], groups: Sequence[Group],
-              latency: Sequence[Mapping[str, Any]] | None) -> str:
+              latency: Sequence[Mapping[str, Any]] | None, fidelity: Mapping[str, Any] | None = None) -> str:
     rows = run.results.rows()
     failed = [r for r in run.results.latest().values() if r["status"] in ("failed", "diverged")]
     parts = [f"# Report: {state.get('name', run.path.name)}",
@@ -131,6 +143,9 @@ def _markdown(run: RunDir, state: Mapping[str, Any], groups: Sequence[Group],
                   "Plots: `accuracy_vs_macs.png` (test accuracy vs MACs, uniform twins as a curve, the Pareto front "
                   "of the proposals by validation accuracy), "
                   f"`widths.png` (kept fraction per slot). {_latency_sentence(latency)}", ""]
+    if fidelity:
+        parts += ["## Proxy fidelity", "", markdown_fidelity(fidelity), "",
+                  "Plot: `proxy_fidelity.png` (proxy score vs full validation accuracy, promoted and audit).", ""]
     if failed:
         parts += ["## Failed or diverged trainings", "", "| key | arm | method | status | error |",
                   "|---|---|---|---|---|"]

@@ -29,6 +29,7 @@ from prunenas.experiment import (
     target_setting,
 )
 from prunenas.proposers import PROPOSERS, Proposal, Target
+from prunenas.proxies import PROXIES
 from prunenas.recipes import RECIPES, scale_milestones
 from prunenas.runs.latency_measurements import measurement_devices
 from prunenas.spaces import Space
@@ -209,6 +210,11 @@ def base_model_specs(exp: Experiment) -> list[tuple[str, Any]]:
         if spec not in seen:
             seen.add(spec)
             out.append((method, spec))
+    screening = exp.screening
+    proxies = [] if screening is None else [screening.proxy, *(name for name, _ in screening.fidelity_proxies)]
+    needs_base = [name for name in proxies if PROXIES.get(name).needs_base]
+    if needs_base and None not in seen:  # a proxy that inherits weights reads the plainly trained base model
+        out.append((needs_base[0], None))
     return out
 
 
@@ -254,9 +260,7 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
     finetune = RECIPES.get(exp.finetune_recipe)
     finetune = finetune.with_epochs(exp.finetune_epochs) if exp.finetune_epochs else finetune
     bases = base_model_specs(exp)
-    samples = max(num_samples or exp.num_samples, len(enqueued_points(exp)))
-    if exp.sampler == "grid":
-        samples = len(grid_points(exp))
+    samples = _search_trials(exp, num_samples)
     planned = _planned_targets(exp)
     targets = sorted({_target_macs(exp, t) for t in planned})
     mean_macs = sum(targets) / len(targets)
@@ -294,6 +298,7 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
                         "cost": len(bases) * base_macs * train_images * base_epochs},
         "search": {"trials": samples, "trainings": samples * len(exp.search_seeds), "epochs": epochs,
                    "enqueued": samples if exp.sampler == "grid" else len(enqueued_points(exp)),
+                   "screening": _screening_plan(exp),
                    "cost": samples * len(exp.search_seeds) * mean_macs * train_images * epochs},
         "evaluation": {"proposals": n_proposals, "trials": sum(e["trials"] for e in evaluations),
                        "arms": evaluations, "cost": sum(e["cost"] for e in evaluations)},
@@ -302,6 +307,25 @@ def estimate(exp: Experiment, train_images: int, num_samples: int | None = None)
     phases["resources"] = trial_resources(exp, recipe.batch_size)
     phases["latency"] = {"proposals": n_proposals, "devices": [d.name for d in measurement_devices(exp.latency_device)]}
     return phases
+
+
+def _search_trials(exp: Experiment, num_samples: int | None) -> int:
+    """Candidates the search trains: the samples (at least the enqueued points), every grid point, or the
+    promoted and audit candidates of a screening."""
+    if exp.screening:
+        return exp.screening.trained
+    if exp.sampler == "grid":
+        return len(grid_points(exp))
+    return max(num_samples or exp.num_samples, len(enqueued_points(exp)))
+
+
+def _screening_plan(exp: Experiment) -> dict[str, Any] | None:
+    """What the screening of a multi-fidelity search does (None for a plain search)."""
+    x = exp.screening
+    if x is None:
+        return None
+    return {"proxy": x.proxy, "params": dict(x.params), "screen": x.screen, "promote": x.promote, "audit": x.audit,
+            "fidelity_proxies": [{"name": name, "params": dict(params)} for name, params in x.fidelity_proxies]}
 
 
 def _scratch_full(exp: Experiment, milestones: tuple[int, ...], epochs: int, base_macs: int,
@@ -348,6 +372,10 @@ def format_estimate(exp: Experiment, est: Mapping[str, Any]) -> str:
              f"phase 1  search: {s['trials']} trial(s) ({s['enqueued']} enqueued first), {s['trainings']} training(s) "
              f"of {s['epochs']} epochs  cost {_e(s['cost'])}",
              f"phase 2  evaluation: {e['proposals']} proposal(s) -> {e['trials']} training(s)  cost {_e(e['cost'])}"]
+    if s["screening"]:
+        x = s["screening"]
+        lines.insert(2, f"phase 1  screen: {x['screen']} candidate(s) by proxy {x['proxy']} {x['params']}, then the "
+                        f"top {x['promote']} + {x['audit']} drawn at random (audit) trained fully")
     for arm in e["arms"]:
         drops = f", lr drops at {arm['milestones']}" if any(arm["milestones"]) else ""
         lines.append(f"           {arm['arm']:9} {arm['budget']:9} {arm['trials']:4d} trials, epochs {arm['epochs']}, "

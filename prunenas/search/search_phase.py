@@ -205,7 +205,8 @@ def _search_trial(config: dict, ctx: Context) -> None:
             training = Trial(proposal.arch, "proposed", "scratch-e", seed, spec["lr"], pid, proposal.method)
             on_epoch = tuning.report_epochs({**prefix, "seed_index": i}, macs, _search_progress(exp, accuracies, i))
             try:
-                accuracies.append(run_trial(ctx, training, "search", on_epoch=on_epoch)["val_acc"])
+                accuracies.append(run_trial(ctx, training, "search", on_epoch=on_epoch,
+                                            extra=spec.get("screening"))["val_acc"])
             except TrainingDiverged:  # final: the trial fails, and the study remembers it is not to be retried
                 tune.report({"score": None, RUNNING_ACC: None, **costs, "proposal": pid, "final": False,
                              "diverged": True, "summary": f"{proposal.method}: training diverged (seed {seed})"})

@@ -43,6 +43,7 @@ from prunenas.runs.rundir import RunDir
 from prunenas.search import console, monitor, tuning
 from prunenas.search.plan import base_model_specs, pareto_cost, select_proposals, target_excess
 from prunenas.search.ray_setup import gpus_per_worker, start_ray
+from prunenas.search.screening import phase_screen
 from prunenas.search.search_phase import phase_search
 from prunenas.search.workers import worker_trainer
 from prunenas.trial import (
@@ -117,7 +118,7 @@ def _run_phases(ctx: Context, dashboard_url: str | None, log: Path | None) -> No
     run.write_state(phase=0)
     _phase_base_models(ctx)
     run.write_state(phase=1)
-    phase_search(ctx)
+    phase_screen(ctx) if exp.screening else phase_search(ctx)
     run.write_state(phase=2)
     missing = _phase_evaluate(ctx)
     run.write_state(phase=3)
