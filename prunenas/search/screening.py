@@ -5,7 +5,7 @@ The driver runs Optuna's ask/tell itself (the study in ``RUN/optuna.journal``, t
 the proxy in Tune trials that each take a batch of candidates (Ray's per-trial overhead is paid once per batch,
 not per candidate), tells Optuna the proxy scores, chooses the ``promote`` best plus ``audit`` drawn uniformly
 at random from the rest (:func:`prunenas.proxies.fidelity.choose_promoted`), and trains those exactly as a plain
-search trains its trials (:func:`prunenas.search.search_phase._search_trial`: Scratch-E on the search seeds),
+search trains its trials (:func:`prunenas.search.search_phase.search_trial`: Scratch-E on the search seeds),
 each row carrying its ``role`` and ``proxy_score``. ``fidelity_proxies`` then score the trained candidates.
 
 Resume: every score is a row of ``RUN/screen.jsonl`` as soon as it is computed, so a driver killed mid-screen
@@ -28,7 +28,7 @@ from prunenas.proxies.fidelity import choose_promoted
 from prunenas.runs.screening import screen_key, screen_store
 from prunenas.search import console, tuning
 from prunenas.search.plan import enqueued_points, suggest, target_object
-from prunenas.search.search_phase import _sampler, _search_trial
+from prunenas.search.search_phase import sampler_for, search_trial
 from prunenas.search.study import STUDY, storage
 from prunenas.search.workers import trials_at_once
 from prunenas.trial import Context, Trial, make_proposal, proposal_id, training_key
@@ -74,7 +74,7 @@ def _open_study(ctx: Context, exp: Any) -> optuna.Study:
     journal = storage(ctx.run)
     new = STUDY not in [s.study_name for s in optuna.get_all_study_summaries(journal)]
     study = optuna.create_study(storage=journal, study_name=STUDY, load_if_exists=True, direction="maximize",
-                                sampler=_sampler(exp))
+                                sampler=sampler_for(exp))
     if new and exp.enqueue:
         for point in enqueued_points(exp):
             study.enqueue_trial(point, skip_if_exists=True)
@@ -217,7 +217,7 @@ def _train_or_score(config: dict, ctx: Context) -> None:
     if "batch" in config["job"]:
         _score_batch(config, ctx)
     else:
-        _search_trial(config["job"], ctx)
+        search_trial(config["job"], ctx)
 
 
 def _trained(ctx: Context, spec: Mapping[str, Any]) -> bool:

@@ -81,7 +81,8 @@ class _NSGAIISampler(optuna.samplers.NSGAIISampler):
         self.__dict__.update(state, _thread_lock=threading.Lock())
 
 
-def _sampler(exp: Experiment) -> optuna.samplers.BaseSampler:
+def sampler_for(exp: Experiment) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler that ``search.sampler`` names, seeded by the first search seed."""
     seed = exp.search_seeds[0]
     if exp.sampler == "nsga2":
         return _NSGAIISampler(seed=seed)
@@ -135,10 +136,10 @@ def phase_search(ctx: Context) -> None:
         return
     metric, mode = (["score", exp.objectives[1]], ["max", "min"]) if len(exp.objectives) == 2 else ("score", "max")
     searcher = _Searcher(space=functools.partial(suggest, exp=exp), metric=metric, mode=mode,
-                         sampler=_sampler(exp), study_name=STUDY, storage=storage(ctx.run))
+                         sampler=sampler_for(exp), study_name=STUDY, storage=storage(ctx.run))
     scheduler = _asha(exp) if exp.scheduler == "asha" else None
     with tuning.progress(ctx, "search", "search", remaining * len(exp.search_seeds)) as progress:
-        results = tuning.tuner(ctx, _search_trial, tuning.attempt_name(ctx, "search"), {}, progress,
+        results = tuning.tuner(ctx, search_trial, tuning.attempt_name(ctx, "search"), {}, progress,
                                search_alg=searcher, scheduler=scheduler, num_samples=remaining).fit()
     tuning.raise_if_all_failed(results, "phase 1 (search)")
     summary = search_summary(ctx.run)
@@ -185,7 +186,8 @@ def _search_progress(exp: Experiment, finished: list[float], seed_index: int):
     return progress
 
 
-def _search_trial(config: dict, ctx: Context) -> None:
+def search_trial(config: dict, ctx: Context) -> None:
+    """One search trial (a Tune function): build the proposal and train it from scratch on the search seeds."""
     spec = config["trial"]
     exp = ctx.experiment
     target = spec["target"]

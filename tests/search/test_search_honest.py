@@ -16,7 +16,7 @@ from prunenas.experiment_file import experiment_from_dict
 from prunenas.proposers import Proposal, Target
 from prunenas.runs.rundir import RunDir
 from prunenas.search.plan import budget_excess, suggest, target_excess, width_grid
-from prunenas.search.search_phase import _sampler
+from prunenas.search.search_phase import sampler_for
 from prunenas.spaces import load_space
 
 from .search_helpers import EXPERIMENT, cli, study, write
@@ -107,7 +107,7 @@ def test_a_proposal_over_its_target_is_not_selectable():
 def test_the_nsga2_searcher_survives_tunes_pickling():
     """Tune pickles the searcher with its sampler; Optuna's NSGA-II holds a thread lock, which cannot be pickled."""
     exp = experiment_from_dict(dict(HONEST, search={"sampler": "nsga2", "objectives": ["val_acc", "macs"]}))
-    sampler = cloudpickle.loads(cloudpickle.dumps(_sampler(exp)))
+    sampler = cloudpickle.loads(cloudpickle.dumps(sampler_for(exp)))
     assert isinstance(sampler, optuna.samplers.NSGAIISampler)
     with sampler._thread_lock:  # a working lock of its own
         pass
