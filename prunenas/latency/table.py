@@ -54,7 +54,9 @@ def fit_line(x: Sequence[float], y: Sequence[float]) -> Calibration:
     mean_x, mean_y = sum(x) / n, sum(y) / n
     sxx = sum((a - mean_x) ** 2 for a in x)
     if sxx == 0:
-        raise LatencyError("a calibration needs networks of different sizes; all given ones have the same x")
+        raise LatencyError("a calibration needs networks of different sizes; all given ones have the same table sum "
+                           "(every unit timed at or under the call overhead: networks too small to time apart on "
+                           "this device, or a busy machine; try a larger --latency-batch)")
     scale = sum((a - mean_x) * (b - mean_y) for a, b in zip(x, y)) / sxx
     return Calibration(scale, mean_y - scale * mean_x, n)
 

@@ -218,7 +218,7 @@ class _OnnxGraph:
         self.current = "input"
 
     def constant(self, name: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
+        from onnx import numpy_helper  # heavy; only onnxruntime table units need it
 
         self.inits.append(numpy_helper.from_array(value, name))
         return name
@@ -228,7 +228,7 @@ class _OnnxGraph:
 
     def node(self, op: str, *inputs: str, source: str | None = None, output: str | None = None, **attrs) -> str:
         """Append ``op`` on ``source`` (default: the current output) and ``inputs``; its output becomes current."""
-        from onnx import helper
+        from onnx import helper  # heavy; only onnxruntime table units need it
 
         output = output or f"{op.lower()}{len(self.nodes)}"
         self.nodes.append(helper.make_node(op, [source or self.current, *inputs], [output], **attrs))
