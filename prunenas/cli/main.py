@@ -36,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrunenasError as err:
         print(f"prunenas: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was stopping has said so; no traceback
+        return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 0

@@ -101,9 +101,16 @@ def _execute(run: RunDir, exp: Experiment, dashboard_url: str | None, log: Path 
     exp = _absolute_paths(exp)
     ctx = Context(exp, run, cache_dir=run.state().get("cache_dir"), threads=max(1, int(exp.cpu)),
                   log=None)
+    # Ctrl-C stops the driver: Tune's own SIGINT handler would end only the phase that is running, and the
+    # next phase would start. Finished rows and the Optuna journal are on disk; resume continues from them.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         ctx.data()  # fail early on missing data; trials receive it through Ray's object store
         _run_phases(ctx, dashboard_url, log)
+    except KeyboardInterrupt:
+        run.write_state(status="interrupted")
+        console.say(f"interrupted: `prunenas resume {run.path}` continues where it stopped")
+        raise
     finally:
         ray.shutdown()
 
@@ -118,7 +125,10 @@ def _run_phases(ctx: Context, dashboard_url: str | None, log: Path | None) -> No
     run.write_state(phase=0)
     _phase_base_models(ctx)
     run.write_state(phase=1)
-    phase_screen(ctx) if exp.screening else phase_search(ctx)
+    if exp.screening:
+        phase_screen(ctx)
+    else:
+        phase_search(ctx)
     run.write_state(phase=2)
     missing = _phase_evaluate(ctx)
     run.write_state(phase=3)

@@ -104,6 +104,24 @@ def test_driver_killed_in_the_evaluation_phase_resumes(tmp_path):
     assert len(ok) == len(set(ok)) and before <= set(ok) and expected_keys(run) <= set(ok)
 
 
+def test_ctrl_c_stops_the_whole_search_not_only_its_phase(tmp_path):
+    """Tune ends only the running phase on SIGINT, and the next phase would start: prunenas stops the driver."""
+    run = tmp_path / "run"
+    exp = dict(EXPERIMENT, recipe={"name": "fast", "epochs": 3})
+    driver = subprocess.Popen([sys.executable, "-m", "prunenas", "search", write(tmp_path, exp), "--out", run,
+                               "--no-dashboard"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None and not (run / "optuna.journal").exists():
+        time.sleep(0.5)
+    assert driver.poll() is None, "the search finished before it could be interrupted"
+    driver.send_signal(signal.SIGINT)
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, output[-3000:]
+    assert f"interrupted: `prunenas resume {run}` continues where it stopped" in output
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert not (run / "plan.json").exists() and "phase 2" not in output  # no later phase started
+
+
 def _processes():
     """(pid, ppid, cmdline) of every process, from /proc."""
     out = []
