@@ -11,7 +11,7 @@ from types import ModuleType
 
 from prunenas.data import planned_train_images
 from prunenas.errors import PrunenasError
-from prunenas.experiment import Experiment
+from prunenas.experiment import OVERRIDE_KEYS, Experiment
 from prunenas.experiment_file import experiment_from_dict, load_experiment
 from prunenas.runs.rundir import RunDir
 from prunenas.runs.tables import results_table
@@ -24,25 +24,30 @@ def _with_ray(module: str) -> ModuleType:
     return importlib.import_module(module)
 
 
-def _with_workers(exp: Experiment, workers: int | None) -> Experiment:
-    """``exp`` with ``--workers``, validated as the file's ``resources.workers`` is (batch split, at least 1)."""
-    if workers is None:
+def _with_flags(exp: Experiment, args: argparse.Namespace) -> Experiment:
+    """``exp`` with the flags that override its file, validated as the file's keys are (a flag can make an
+    experiment invalid: ``--workers`` a batch that does not split, ``--sampler grid`` over ranges, ``--num-samples``
+    with a multi-fidelity search), and saved into its source so that ``resume`` reads what really ran."""
+    flags = {"num_samples": args.num_samples, "concurrency": args.concurrency, "sampler": args.sampler,
+             "epochs": args.epochs, "workers": args.workers}
+    given = {key: value for key, value in flags.items() if value is not None}
+    for key in ("num_samples", "workers"):
+        if given.get(key, 1) < 1:
+            raise PrunenasError(f"--{key.replace('_', '-')} {given[key]} must be at least 1")
+    if not given:
         return exp
-    if workers < 1:
-        raise PrunenasError(f"--workers {workers} must be at least 1")
     try:
-        return experiment_from_dict(exp.with_overrides(workers=workers).source, exp.name)
+        return experiment_from_dict(exp.with_overrides(**given).source, exp.name)
     except PrunenasError as err:
-        raise PrunenasError(f"--workers {workers}: {str(err).removeprefix('resources.workers: ')}") from None
+        named = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in given.items())
+        keys = [f"{section}.{name}: " if section else f"{name}: " for section, name in map(OVERRIDE_KEYS.get, given)]
+        message = next((str(err).removeprefix(key) for key in keys if str(err).startswith(key)), str(err))
+        raise PrunenasError(f"{named}: {message}") from None
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Run the experiment (flags override the file), or with ``--dry-run`` print its plan and cost."""
-    exp = load_experiment(args.experiment).with_overrides(
-        num_samples=args.num_samples, concurrency=args.concurrency, sampler=args.sampler, epochs=args.epochs)
-    exp = _with_workers(exp, args.workers)
-    if args.num_samples is not None and args.num_samples < 1:
-        raise PrunenasError(f"--num-samples {args.num_samples} must be >= 1")
+    exp = _with_flags(load_experiment(args.experiment), args)
     if args.dry_run:
         plan = estimate(exp, planned_train_images(exp.dataset, exp.val_size, exp.subset))
         print(json.dumps(plan, indent=2) if args.json else format_estimate(exp, plan))
