@@ -1,6 +1,7 @@
 """What a user sees while a search runs: the console (short, one line per training), Ray's output in the run
 folder's log, and the identity the Ray dashboard shows for the driver's job and every trial actor."""
 
+import contextlib
 import io
 import re
 import secrets
@@ -53,18 +54,59 @@ def test_quickstart_console_is_short_and_names_every_training(tmp_path):
     assert "| method | target | budget" in proc.stdout
 
 
-def search_looking_before_shutdown(monkeypatch, out, look):
-    """The tiny search with the dashboard on; ``look()`` runs at its end while its Ray is still up."""
+def reload_ray_auth():
+    """Ray caches its authentication mode and token per process; read them again from the environment."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@pytest.fixture(scope="module")
+def dashboard_seen(tmp_path_factory):
+    """One tiny search with the dashboard on and token authentication (this search's own token in
+    $RAY_AUTH_TOKEN, where Ray and prunenas look first; ~/.ray/auth_token is left alone), looked at before its
+    Ray shuts down: through Ray's state API and, where chromium is installed, in a real browser (what that
+    raised is kept for its test). Returns the run and what was seen."""
+    tmp = tmp_path_factory.mktemp("dashboard")
+    seen, console_out = {}, io.StringIO()
     shutdown = ray.shutdown
 
     def look_then_shutdown(*args, **kwargs):
         try:
-            look()
+            seen.update(read_state())
+            if CHROMIUM.exists():
+                try:
+                    seen["browser"] = look_in_browser(console_out.getvalue(), tmp)
+                except Exception as err:  # noqa: BLE001 - raised again by the browser test
+                    seen["browser"] = err
         finally:
             shutdown(*args, **kwargs)
 
-    monkeypatch.setattr(ray, "shutdown", look_then_shutdown)
-    return run_search(experiment_from_dict(TINY, "tiny"), out, dashboard=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        mp.setenv("PRUNENAS_CACHE", str(tmp / "cache"))
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+        mp.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+        mp.setattr(ray, "shutdown", look_then_shutdown)
+        reload_ray_auth()
+        try:
+            with contextlib.redirect_stdout(console_out):
+                run = run_search(experiment_from_dict(TINY, "tiny"), tmp / "dashboard-check", dashboard=True)
+        finally:
+            mp.undo()
+            reload_ray_auth()
+    return run, seen
+
+
+def read_state():
+    """The data behind the dashboard's Jobs and Actors views, through Ray's state API."""
+    address = ray.get_runtime_context().gcs_address  # other Ray instances may run on this machine
+    # Tune's function-trainable class: `ImplicitFunc`, qualified once a second one is defined in the process
+    actors = list_actors(address, detail=True, limit=1000)
+    return {"actors": [a for a in actors if a.class_name.endswith("ImplicitFunc")],
+            "jobs": list_jobs(address, detail=True)}
 
 
 def identities_trained(run):
@@ -74,18 +116,9 @@ def identities_trained(run):
     return trained | {"prunenas search random target 0.5 proposed scratch-e"}  # (reused search training above)
 
 
-def test_dashboard_shows_the_run_and_what_each_actor_trains(tmp_path, monkeypatch):
+def test_dashboard_shows_the_run_and_what_each_actor_trains(dashboard_seen):
     """The data behind the dashboard's Jobs and Actors views, read through Ray's state API before shutdown."""
-    seen = {}
-
-    def read_state():
-        address = ray.get_runtime_context().gcs_address  # other Ray instances may run on this machine
-        # Tune's function-trainable class: `ImplicitFunc`, qualified once a second one is defined in the process
-        seen["actors"] = [a for a in list_actors(address, detail=True, limit=1000)
-                          if a.class_name.endswith("ImplicitFunc")]
-        seen["jobs"] = list_jobs(address, detail=True)
-
-    run = search_looking_before_shutdown(monkeypatch, tmp_path / "run", read_state)
+    run, seen = dashboard_seen
     (job,) = [j for j in seen["jobs"] if (j.metadata or {}).get("prunenas_run") == str(run.path)]
     assert job.metadata["job_name"] == f"prunenas {run.path.name}"
     shown = {a.repr_name for a in seen["actors"]}
@@ -93,49 +126,33 @@ def test_dashboard_shows_the_run_and_what_each_actor_trains(tmp_path, monkeypatc
     assert {s.split()[1] for s in shown} == {"search", "eval"}, shown
 
 
-@pytest.fixture
-def token_auth(monkeypatch):
-    """Ray's token authentication on (ray_env turns it off) with this test's own token in $RAY_AUTH_TOKEN, where
-    Ray and prunenas look first (~/.ray/auth_token is left alone). Ray caches the mode and the token per
-    process: both are reloaded on the way in and out."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    def reload():
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
-    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    reload()
-    yield
-    monkeypatch.undo()
-    reload()
-
-
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"the dashboard's browser check needs Debian's chromium at "
                                                   f"{CHROMIUM} (`make browser` installs it)")
-def test_dashboard_in_a_real_browser(tmp_path, monkeypatch, capsys, token_auth):
+def test_dashboard_in_a_real_browser(dashboard_seen):
     """Headless Chromium opens the dashboard URL the search printed, is refused a wrong token and let in with the
     one prunenas finds, then finds the run's name on the Jobs page and what a trial trains on the Actors page.
-    Screenshots: tmp_path/screenshots."""
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    seen = {}
-
-    def look():
-        url = re.search(r"Ray dashboard (http://\S+)", capsys.readouterr().out).group(1)
-        with Browser(tmp_path / "chromium-profile") as browser:
-            sign_in(browser, url, monitor.auth_token(), shots / "token-dialog.png")
-            seen["jobs"] = table_rows(browser, url + "/#/jobs", "Entrypoint", shots / "jobs.png")
-            seen["actors"] = table_rows(browser, url + "/#/actors", "Repr", shots / "actors.png")
-
-    run = search_looking_before_shutdown(monkeypatch, tmp_path / "dashboard-check", look)
-    assert any(row["Name"] == f"prunenas {run.path.name}" and row["Status"] == "RUNNING" for row in seen["jobs"]), \
-        seen["jobs"]
-    shown = {row["Repr"] for row in seen["actors"] if row["Class"].endswith("ImplicitFunc")}
+    Screenshots: the fixture's temporary folder, screenshots/."""
+    run, seen = dashboard_seen
+    if isinstance(seen["browser"], Exception):
+        raise seen["browser"]
+    jobs, actors, shots = seen["browser"]
+    assert any(row["Name"] == f"prunenas {run.path.name}" and row["Status"] == "RUNNING" for row in jobs), jobs
+    shown = {row["Repr"] for row in actors if row["Class"].endswith("ImplicitFunc")}
     assert shown and shown <= identities_trained(run), (shown, identities_trained(run))
     assert sorted(p.name for p in shots.glob("*.png")) == ["actors.png", "jobs.png", "token-dialog.png"]
+
+
+def look_in_browser(printed, tmp):
+    """Sign in to the dashboard whose URL the search printed and read its Jobs and Actors tables."""
+    url = re.search(r"Ray dashboard (http://\S+)", printed)
+    assert url, f"the search printed no dashboard URL:\n{printed}"
+    shots = tmp / "screenshots"
+    shots.mkdir()
+    with Browser(tmp / "chromium-profile") as browser:
+        sign_in(browser, url.group(1), monitor.auth_token(), shots / "token-dialog.png")
+        jobs = table_rows(browser, url.group(1) + "/#/jobs", "Entrypoint", shots / "jobs.png")
+        actors = table_rows(browser, url.group(1) + "/#/actors", "Repr", shots / "actors.png")
+    return jobs, actors, shots
 
 
 def sign_in(browser, url, token, screenshot):
