@@ -62,10 +62,21 @@ _UNCOUNTED_MACS = {torch.matmul, torch.bmm, torch.mm, torch.einsum, operator.mat
 _REDUCTION_METHODS = {"mean", "sum", "amax"}
 
 
+def grouped_conv_rule(model: nn.Module) -> str:
+    """How the model's grouped (not depthwise) convs are resized: ``"count"`` (fixed group count) when they all
+    have the same number of groups while their group widths differ — ResNeXt: 32 groups of 4 to 32 channels;
+    else ``"width"`` (fixed group width) — RegNet: 16 channels per group in 2 to 25 groups — which is also the
+    choice when the model does not tell (one grouped conv, or neither count nor width the same everywhere)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels]
+    counts, widths = {m.groups for m in convs}, {m.in_channels // m.groups for m in convs}
+    return "count" if len(counts) == 1 and len(widths) > 1 else "width"
+
+
 class ChannelPass(ChannelGroups):
     """The walk over an fx graph with shapes: :meth:`run` visits every node and returns the :class:`Analysis`."""
 
     def run(self, graph_hash: str) -> Analysis:
+        self.grouped_rule = grouped_conv_rule(self.model)
         self.new_group(0)  # INPUT_GROUP, sized at the placeholder
         self.freeze_groups([INPUT_GROUP], None, "network input")
         output_shape: tuple[int, ...] = ()
@@ -74,6 +85,7 @@ class ChannelPass(ChannelGroups):
                 output_shape = self.mark_output(node)
                 continue
             self.values[node] = self.visit(node)
+        self.freeze_conflicting_group_rules()
         self.freeze_mixed_concatenations()
         self.check_parameters_described()
         return Analysis(self.groups(), tuple(self.resolved_sites()), output_shape, graph_hash)
@@ -132,13 +144,40 @@ class ChannelPass(ChannelGroups):
             self.sites.append(Site(name, "conv", x.segs, x.segs[0][0], module.out_channels, groups=module.groups,
                                    depthwise=True, **geometry))
             return x
+        grouped = module.groups > 1 and not depthwise
+        if grouped and self.grouped_rule == "width" and self.group_by_group(node, module, x):
+            group = x.segs[0][0]
+            self.info[self.find(group)]["producers"].append(name)
+            self.add_group_rule(group, ("width", module.in_channels // module.groups))
+            self.sites.append(Site(name, "conv", x.segs, group, module.out_channels, groups=module.groups,
+                                   group_rule="width", **geometry))
+            return x
         out = self.new_group(module.out_channels, name)
-        if module.groups > 1:
-            why = f"grouped conv (groups={module.groups}) keeps its groups"
-            self.freeze(x, node, why)
-            self.freeze_groups([out], node, why)
-        self.sites.append(Site(name, "conv", x.segs, out, module.out_channels, groups=module.groups, **geometry))
+        rule = "count" if grouped and self.grouped_rule == "count" and self.one_input(node, module, x, out) else ""
+        for group in [x.segs[0][0], out] if rule else []:
+            self.add_group_rule(group, ("count", module.groups))
+        self.sites.append(Site(name, "conv", x.segs, out, module.out_channels, groups=module.groups,
+                               group_rule=rule, **geometry))
         return Chan(((out, module.out_channels),), 1, 4)
+
+    def group_by_group(self, node: fx.Node, module: nn.Conv2d, x: Chan) -> bool:
+        """Whether a grouped conv can tie its input and output group by group (fixed group width): one input
+        group and as many output as input channels; else its channels are frozen."""
+        if module.in_channels == module.out_channels:
+            return self.one_input(node, module, x, None)
+        why = (f"grouped conv (groups={module.groups}) maps {module.in_channels} to {module.out_channels} "
+               "channels: a fixed group width ties inputs to outputs group by group, so it keeps its groups")
+        self.freeze(x, node, why)
+        return False
+
+    def one_input(self, node: fx.Node, module: nn.Conv2d, x: Chan, out: int | None) -> bool:
+        """Whether a grouped conv reads one channel group (not a concatenation); else its channels are frozen."""
+        if len(x.segs) == 1:
+            return True
+        why = f"grouped conv (groups={module.groups}) reads concatenated channels: it keeps its groups"
+        self.freeze(x, node, why)
+        self.freeze_groups([] if out is None else [out], node, why)
+        return False
 
     def visit_linear(self, node: fx.Node, module: nn.Linear, x: Any) -> Any:
         shape = node_shape(node)
