@@ -25,6 +25,7 @@ from prunenas.families.channel_groups import (
     Param,
     Site,
     flat_nodes,
+    grouped_conv_rule,
     node_argument,
     node_ndim,
     node_shape,
@@ -60,16 +61,6 @@ _UNCOUNTED_MACS = {torch.matmul, torch.bmm, torch.mm, torch.einsum, operator.mat
                    _F.scaled_dot_product_attention}
 """Products the analytic counter does not see (it counts conv and linear modules): models using them are refused."""
 _REDUCTION_METHODS = {"mean", "sum", "amax"}
-
-
-def grouped_conv_rule(model: nn.Module) -> str:
-    """How the model's grouped (not depthwise) convs are resized: ``"count"`` (fixed group count) when they all
-    have the same number of groups while their group widths differ — ResNeXt: 32 groups of 4 to 32 channels;
-    else ``"width"`` (fixed group width) — RegNet: 16 channels per group in 2 to 25 groups — which is also the
-    choice when the model does not tell (one grouped conv, or neither count nor width the same everywhere)."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels]
-    counts, widths = {m.groups for m in convs}, {m.in_channels // m.groups for m in convs}
-    return "count" if len(counts) == 1 and len(widths) > 1 else "width"
 
 
 class ChannelPass(ChannelGroups):
@@ -159,25 +150,6 @@ class ChannelPass(ChannelGroups):
         self.sites.append(Site(name, "conv", x.segs, out, module.out_channels, groups=module.groups,
                                group_rule=rule, **geometry))
         return Chan(((out, module.out_channels),), 1, 4)
-
-    def group_by_group(self, node: fx.Node, module: nn.Conv2d, x: Chan) -> bool:
-        """Whether a grouped conv can tie its input and output group by group (fixed group width): one input
-        group and as many output as input channels; else its channels are frozen."""
-        if module.in_channels == module.out_channels:
-            return self.one_input(node, module, x, None)
-        why = (f"grouped conv (groups={module.groups}) maps {module.in_channels} to {module.out_channels} "
-               "channels: a fixed group width ties inputs to outputs group by group, so it keeps its groups")
-        self.freeze(x, node, why)
-        return False
-
-    def one_input(self, node: fx.Node, module: nn.Conv2d, x: Chan, out: int | None) -> bool:
-        """Whether a grouped conv reads one channel group (not a concatenation); else its channels are frozen."""
-        if len(x.segs) == 1:
-            return True
-        why = f"grouped conv (groups={module.groups}) reads concatenated channels: it keeps its groups"
-        self.freeze(x, node, why)
-        self.freeze_groups([] if out is None else [out], node, why)
-        return False
 
     def visit_linear(self, node: fx.Node, module: nn.Linear, x: Any) -> Any:
         shape = node_shape(node)

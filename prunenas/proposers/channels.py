@@ -167,19 +167,7 @@ def inherit_state(
     _check_compatible(base_arch, arch)
     full = _full_kept(base_arch, arch, kept)
     base_shapes, shapes = _state_shapes(base_arch), _state_shapes(arch)
-    keys_of: dict[str, list[str]] = {}
-    for key in base_shapes:
-        keys_of.setdefault(key.rpartition(".")[0], []).append(key)
-    drops: dict[tuple[str, int], list[Tensor]] = {}
-    grouped: dict[str, tuple[int, int]] = {}  # weight of a grouped conv -> (slot it reads, groups)
-    for slot, refs in channel_refs(base_arch).items():
-        dropped = sorted(set(range(base_arch.widths[slot])) - set(full[slot]))
-        for ref in refs if dropped else ():
-            for key in keys_of.get(ref.layer, ()):
-                if len(base_shapes[key]) > ref.dim and ref.groups > 1:
-                    grouped[key] = slot, ref.groups
-                elif len(base_shapes[key]) > ref.dim:
-                    drops.setdefault((key, ref.dim), []).append(ref.positions(dropped))
+    drops, grouped = _dropped_positions(base_arch, full, base_shapes)
     state: dict[str, Tensor] = {}
     for key in shapes:
         if key not in base_state:
@@ -204,6 +192,26 @@ def inherit_state(
             raise ArchitectureError(f"inherited {key!r} has shape {list(state[key].shape)}, the pruned network "
                                     f"expects {list(shape)}")
     return state
+
+
+def _dropped_positions(base_arch: Architecture, full: Mapping[int, Sequence[int]],
+                       base_shapes: Mapping[str, tuple[int, ...]]) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """(tensor key, dim) -> positions of the dropped channels along dim; and the weights of grouped convs with a
+    fixed group count -> (the slot they read, groups), sliced per group instead."""
+    keys_of: dict[str, list[str]] = {}
+    for key in base_shapes:
+        keys_of.setdefault(key.rpartition(".")[0], []).append(key)
+    drops: dict[tuple[str, int], list[Tensor]] = {}
+    grouped: dict[str, tuple[int, int]] = {}
+    for slot, refs in channel_refs(base_arch).items():
+        dropped = sorted(set(range(base_arch.widths[slot])) - set(full[slot]))
+        for ref in refs if dropped else ():
+            for key in keys_of.get(ref.layer, ()):
+                if len(base_shapes[key]) > ref.dim and ref.groups > 1:
+                    grouped[key] = slot, ref.groups
+                elif len(base_shapes[key]) > ref.dim:
+                    drops.setdefault((key, ref.dim), []).append(ref.positions(dropped))
+    return drops, grouped
 
 
 def _per_group_inputs(weight: Tensor, kept: Sequence[int], width: int, groups: int) -> Tensor:
