@@ -7,11 +7,14 @@ linear MACs the search can change, whether MACs and params equal the model card 
 ``meta['_ops']`` in GMACs at its printed precision and ``meta['num_params']``), and why the rest is frozen or
 the model is refused. Prints a markdown table (the one in experiments/README.md)::
 
-    python experiments/sweep_torchvision.py [NAME ...] > sweep.md
+    python experiments/sweep_torchvision.py [NAME ...] [--match TEXT ...] > sweep.md
+
+``--match regnet --match resnext`` sweeps the models whose names contain any of the texts (with the NAMEs).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 import warnings
@@ -58,12 +61,26 @@ def sweep_one(name: str) -> str:
             f"{macs_ok} / {params_ok} | {frozen_summary(list(cov.frozen)).replace('|', '/')} |")
 
 
-def main(names: list[str]) -> None:
+def selected(names: list[str], matches: list[str]) -> list[str]:
+    """The named models and those whose names contain a ``--match`` text, in torchvision's order; all without
+    either."""
+    known = models.list_models(module=models)
+    if not names and not matches:
+        return known
+    return [n for n in known if n in names or any(text in n for text in matches)]
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help="torchvision model names (default: every one)")
+    parser.add_argument("--match", action="append", default=[], metavar="TEXT",
+                        help="also every model whose name contains TEXT (repeatable)")
+    args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     print("| model | traces | input | slots | searchable MACs | card MACs / params equal "
           "| frozen channels or refusal |")
     print("|---|---|---|---|---|---|---|")
-    for name in names or models.list_models(module=models):
+    for name in selected(args.names, args.match):
         print(sweep_one(name), flush=True)
 
 

@@ -219,6 +219,10 @@ def _check_width(i: int, w: Any, slot: Slot) -> None:
         raise ArchitectureError(f"{where} is {w}; allowed {allowed}{slot.base}")
     if w > slot.base:
         raise ArchitectureError(f"{where} is {w}, above its bound {slot.base} (the base width)")
+    if w % slot.step:
+        rule = (f"whole groups of {slot.group_width} channels (fixed group width)" if slot.group_width > 1
+                else f"{slot.group_count} groups of equal width (fixed group count)")
+        raise ArchitectureError(f"{where} is {w}; grouped convs read it in {rule}: a multiple of {slot.step}")
 
 
 def _check_removed_blocks(widths: Sequence[int], slots: Sequence[Slot]) -> None:

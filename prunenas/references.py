@@ -26,12 +26,16 @@ class Coverage:
         searchable_macs: MACs of the conv/linear layers that read or write a searchable slot.
         frozen: (first producer, channels, reason) of every frozen channel group.
         mixing_norm_slots: slots normalised by a LayerNorm over channels.
+        grouped: (slot, rule, n) of every slot that grouped convs read: ``"group width"`` (RegNet: whole groups
+            of ``n`` channels kept or dropped, the convs' group count follows the width) or ``"group count"``
+            (ResNeXt: ``n`` groups always, each keeping as many channels as the others).
     """
 
     macs: int
     searchable_macs: int
     frozen: tuple[tuple[str, int, str], ...]
     mixing_norm_slots: tuple[int, ...]
+    grouped: tuple[tuple[int, str, int], ...] = ()
 
     @property
     def share(self) -> float:
@@ -49,7 +53,10 @@ def coverage(arch: Architecture) -> Coverage:
     slot_of = slot_index(arch.opts["model"], parse_shape(arch.opts["shape"]))
     mixing = tuple(sorted(slot_of[g] for g, info in analysis.groups.items()
                           if g in slot_of and info.normalised_by_mixing_norm))
-    return Coverage(sum(layer_macs(layer) for layer in counted), searchable, tuple(analysis.frozen()), mixing)
+    grouped = tuple((s, "group width", slot.group_width) if slot.group_width > 1 else (s, "group count", slot.step)
+                    for s, slot in enumerate(arch.slots) if slot.step > 1)
+    return Coverage(sum(layer_macs(layer) for layer in counted), searchable, tuple(analysis.frozen()), mixing,
+                    grouped)
 
 
 def module_sources(arch: Architecture) -> list[Path]:

@@ -9,7 +9,9 @@ Spaces are YAML files in ``search_spaces/`` (installed with the package), loaded
 reference does not imply them;
 ``multiple_of`` (width rounding, default 1), ``min_width`` (default 1) and ``min_ratio`` (default 0) —
 each slot's lower bound is ``max(min_width, ceil(min_ratio * base))``, its upper bound is the base width;
-slots that count attention heads round to whole heads and ignore ``multiple_of`` and ``min_width``;
+slots that count attention heads round to whole heads and ignore ``multiple_of`` and ``min_width``; slots that
+grouped convs read (traced spaces) round to whole groups of a fixed group width, or to multiples of a fixed
+group count, as well;
 ``recipe`` (the base training recipe), ``scratch_b_cap`` (cap on the Scratch-B epoch multiplier, e.g. 2 on
 ImageNet; none on CIFAR), ``presets`` (named architectures computed from rules, see :mod:`prunenas.presets`)
 and a ``description``.
@@ -73,16 +75,24 @@ class Space:
 
     @cached_property
     def lower(self) -> tuple[int, ...]:
-        """Smallest width per slot (for removable slots: the smallest width when the block is kept)."""
-        return tuple(min(b, max(self._min_width(s), math.ceil(self.min_ratio * b)))
+        """Smallest width per slot (for removable slots: the smallest width when the block is kept); a slot
+        that grouped convs read keeps at least one group (its width a multiple of its step)."""
+        steps = [slot.step for slot in self.slots]
+        return tuple(min(b, -(-max(self._min_width(s), math.ceil(self.min_ratio * b)) // steps[s]) * steps[s])
                      for s, b in enumerate(self.upper))
 
     def multiple(self, slot: int) -> int:
-        """The rounding unit of a slot's width: ``multiple_of`` for channels, 1 for a count of heads."""
-        return 1 if self.slots[slot].unit == "heads" else self.multiple_of
+        """The rounding unit of a slot's width: ``multiple_of`` for channels, also a multiple of the slot's
+        step where grouped convs read it (their least common multiple), 1 for a count of heads."""
+        return 1 if self.slots[slot].unit == "heads" else math.lcm(self.multiple_of, self.slots[slot].step)
 
     def _min_width(self, slot: int) -> int:
         return 1 if self.slots[slot].unit == "heads" else self.min_width
+
+    def round_up(self, slot: int, width: int) -> int:
+        """``width`` rounded up to the slot's multiple, at most the base width."""
+        unit = self.multiple(slot)
+        return min(self.upper[slot], -(-width // unit) * unit)
 
     def arch(self, widths: Sequence[int]) -> Architecture:
         """An architecture of this space with these widths (validated)."""

@@ -98,3 +98,39 @@ class Shuffle(nn.Module):
 
 def shuffle() -> nn.Module:
     return Shuffle()
+
+
+class GroupedBlock(nn.Module):
+    """A ResNeXt bottleneck: 1x1 conv, grouped 3x3 conv, 1x1 conv, residual add."""
+
+    def __init__(self, channels: int, inner: int, groups: int) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(channels, inner, 1, bias=False), nn.BatchNorm2d(inner), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(inner, inner, 3, padding=1, groups=groups, bias=False),
+                               nn.BatchNorm2d(inner), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(inner, channels, 1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.c(self.b(self.a(x))))
+
+
+class TinyResNeXt(nn.Module):
+    """Two stages of grouped bottlenecks with the same number of groups (4) and different group widths (4 and
+    8 channels): the tracer reads it as a fixed-group-count model."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.stage1 = GroupedBlock(16, 16, groups=4)
+        self.down = nn.Sequential(nn.Conv2d(16, 24, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(24),
+                                  nn.ReLU())
+        self.stage2 = GroupedBlock(24, 32, groups=4)
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage2(self.down(self.stage1(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def tiny_resnext() -> nn.Module:
+    return TinyResNeXt()

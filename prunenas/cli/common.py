@@ -100,7 +100,9 @@ def _traced_coverage(arch: Architecture) -> dict[str, Any]:
     return {"searchable_share": round(cover.share, 6),
             "frozen": [{"producer": producer, "channels": channels, "reason": reason}
                        for producer, channels, reason in cover.frozen],
-            "mixing_norm_slots": list(cover.mixing_norm_slots)}
+            "mixing_norm_slots": list(cover.mixing_norm_slots),
+            "grouped_slots": [{"slot": slot, "rule": f"fixed {rule}", rule.replace(" ", "_"): n}
+                              for slot, rule, n in cover.grouped]}
 
 
 def print_info(info: dict[str, Any]) -> None:
@@ -122,4 +124,16 @@ def print_info(info: dict[str, Any]) -> None:
               "group(s)" + (":" if info["frozen"] else ""))
         for f in info["frozen"]:
             print(f"    {f['producer']} ({f['channels']} channels): {f['reason']}")
+        for rule, slots in _by_rule(info["grouped_slots"]).items():
+            print(f"grouped convs, {rule}: slots {', '.join(map(str, slots))}")
     print(f"digest {info['digest']}")
+
+
+def _by_rule(grouped: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """``"fixed group width 16 (whole groups kept)"`` -> its slots, in order."""
+    out: dict[str, list[int]] = {}
+    for g in grouped:
+        rule = (f"fixed group width {g['group_width']} (whole groups kept; groups = width / {g['group_width']})"
+                if "group_width" in g else f"fixed group count {g['group_count']} (as many channels per group)")
+        out.setdefault(rule, []).append(g["slot"])
+    return out

@@ -65,6 +65,11 @@ class Slot:
             block has one branch; a transformer block two (attention and MLP), with one id each.
         unit: what a width counts: ``"channels"`` (features) or ``"heads"`` (attention heads of a fixed
             head dimension; the space's ``multiple_of`` and ``min_width`` do not apply to them).
+        group_width: the slot is the input and output of grouped convs with a fixed group width (RegNet): its
+            channels are consecutive groups of this many, kept or dropped whole; widths are multiples of it.
+        group_count: the slot is read or written by grouped convs with a fixed group count (ResNeXt): its
+            channels are this many equal consecutive groups, each keeping as many channels as the others;
+            widths are multiples of it. Both 1: any channels.
     """
 
     name: str
@@ -73,10 +78,23 @@ class Slot:
     tied: bool = False
     block: int | None = None
     unit: Literal["channels", "heads"] = "channels"
+    group_width: int = 1
+    group_count: int = 1
 
     @property
     def removable(self) -> bool:
         return self.block is not None
+
+    @property
+    def step(self) -> int:
+        """Widths of the slot are multiples of this: its group width or group count (1: any width)."""
+        return max(self.group_width, self.group_count)
+
+    def groups_of(self, width: int) -> list[range]:
+        """The slot's channels at ``width`` split into the groups its rule keeps together or equal: whole
+        groups of ``group_width``, or ``group_count`` equal groups; one group without a rule."""
+        size = self.group_width if self.group_width > 1 else width // self.group_count
+        return [range(start, start + size) for start in range(0, width, size)] if size else []
 
 
 @dataclass(frozen=True)

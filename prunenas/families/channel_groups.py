@@ -33,7 +33,10 @@ class Site:
         output: the group the site produces (conv, linear, ``"new"`` leaf) or normalises/scales; ``None``
             for norms, whose groups are their inputs.
         depthwise: a depthwise conv (its output group is its input group).
-        frozen_groups: the conv's groups are kept as they are (a grouped conv with frozen channels).
+        group_rule: how a grouped (not depthwise) conv is resized: ``"width"`` — its group width is fixed
+            (RegNet), its output group is its input group and whole groups go; ``"count"`` — its group count
+            is fixed (ResNeXt), every group keeps the same number of input and of output channels; ``""`` —
+            not grouped, or frozen.
         in_repeat: inputs per channel of a linear layer after a flatten.
         positions: output positions (conv: (h, w); linear: positions it is applied at, e.g. ConvNeXt's h*w).
     """
@@ -48,19 +51,24 @@ class Site:
     groups: int = 1
     bias: bool = False
     depthwise: bool = False
+    group_rule: Literal["", "width", "count"] = ""
     in_repeat: int = 1
     positions: tuple[int, int] = (1, 1)
 
 
 @dataclass(frozen=True)
 class Group:
-    """A set of tied channels after the pass: its channel count, producers and, if frozen, why."""
+    """A set of tied channels after the pass: its channel count, producers and, if frozen, why; and the
+    grouped convs' rule for it (``group_width``: whole groups of that many channels; ``group_count``: that
+    many equal groups keeping equal counts; 1: no rule)."""
 
     channels: int
     producers: tuple[str, ...]
     frozen: str | None = None
     stage: int = 0
     normalised_by_mixing_norm: bool = False
+    group_width: int = 1
+    group_count: int = 1
 
 
 @dataclass(frozen=True)
@@ -117,12 +125,14 @@ class ChannelGroups:
     info: dict[int, dict[str, Any]] = field(default_factory=dict)
     sites: list[Site] = field(default_factory=list)
     values: dict[fx.Node, Any] = field(default_factory=dict)
+    grouped_rule: str = "width"
 
     # -- union-find over channel groups ---------------------------------------------------------------
     def new_group(self, channels: int, producer: str | None = None) -> int:
         g = len(self.parent)
         self.parent[g] = g
-        self.info[g] = {"channels": channels, "producers": [producer] if producer else [], "frozen": None}
+        self.info[g] = {"channels": channels, "producers": [producer] if producer else [], "frozen": None,
+                        "group_rules": set()}
         return g
 
     def find(self, g: int) -> int:
@@ -141,6 +151,7 @@ class ChannelGroups:
         low, high = min(ra, rb), max(ra, rb)
         self.parent[high] = low
         self.info[low]["producers"] += self.info[high]["producers"]
+        self.info[low]["group_rules"] |= self.info[high]["group_rules"]
         self.info[low]["frozen"] = self.info[low]["frozen"] or self.info[high]["frozen"]
 
     def freeze(self, value: Any, node: fx.Node, why: str) -> None:
@@ -164,6 +175,38 @@ class ChannelGroups:
                     self.freeze_groups([g for g, _ in site.inputs], None,
                                        f"read by {site.name!r} together with frozen channels")
                     changed = True
+
+    def add_group_rule(self, group: int, rule: tuple[str, int]) -> None:
+        """Grouped convs read ``group`` by ``rule``: ``("width", channels per group)`` or ``("count", groups)``."""
+        self.info[self.find(group)]["group_rules"].add(rule)
+
+    def freeze_conflicting_group_rules(self) -> None:
+        """Channels that grouped convs read by two different rules (two group widths, a width and a count) are
+        frozen: no width satisfies both in general."""
+        for g in list(self.parent):
+            rules = self.info[self.find(g)]["group_rules"]
+            if len(rules) > 1:
+                listed = ", ".join(f"group {kind} {n}" for kind, n in sorted(rules))
+                self.freeze_groups([g], None, f"grouped convs read these channels with different rules ({listed})")
+
+    def group_by_group(self, node: fx.Node, module: nn.Conv2d, x: Chan) -> bool:
+        """Whether a grouped conv can tie its input and output group by group (fixed group width): one input
+        group and as many output as input channels; else its channels are frozen."""
+        if module.in_channels == module.out_channels:
+            return self.one_input(node, module, x, None)
+        why = (f"grouped conv (groups={module.groups}) maps {module.in_channels} to {module.out_channels} "
+               "channels: a fixed group width ties inputs to outputs group by group, so it keeps its groups")
+        self.freeze(x, node, why)
+        return False
+
+    def one_input(self, node: fx.Node, module: nn.Conv2d, x: Chan, out: int | None) -> bool:
+        """Whether a grouped conv reads one channel group (not a concatenation); else its channels are frozen."""
+        if len(x.segs) == 1:
+            return True
+        why = f"grouped conv (groups={module.groups}) reads concatenated channels: it keeps its groups"
+        self.freeze(x, node, why)
+        self.freeze_groups([] if out is None else [out], node, why)
+        return False
 
     def check_parameters_described(self) -> None:
         """Every parameter must belong to a site, or the parameter count would silently miss it."""
@@ -193,7 +236,9 @@ class ChannelGroups:
             producers = tuple(info["producers"])
             stage = next((out_sizes.index(s.positions) for s in self.sites
                           if s.name in producers and s.kind == "conv"), len(out_sizes))
-            out[g] = Group(info["channels"], producers, info["frozen"], stage, info.get("mixing_norm", False))
+            rule = dict(info["group_rules"]) if len(info["group_rules"]) == 1 else {}
+            out[g] = Group(info["channels"], producers, info["frozen"], stage, info.get("mixing_norm", False),
+                           rule.get("width", 1), rule.get("count", 1))
         return out
 
     def resolved_sites(self) -> Iterator[Site]:
@@ -201,6 +246,16 @@ class ChannelGroups:
             inputs = tuple((self.find(g), c) for g, c in site.inputs)
             output = None if site.output is None else self.find(site.output)
             yield Site(**{**site.__dict__, "inputs": inputs, "output": output})
+
+
+def grouped_conv_rule(model: nn.Module) -> str:
+    """How the model's grouped (not depthwise) convs are resized: ``"count"`` (fixed group count) when they all
+    have the same number of groups while their group widths differ — ResNeXt: 32 groups of 4 to 32 channels;
+    else ``"width"`` (fixed group width) — RegNet: 16 channels per group in 2 to 25 groups — which is also the
+    choice when the model does not tell (one grouped conv, or neither count nor width the same everywhere)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels]
+    counts, widths = {m.groups for m in convs}, {m.in_channels // m.groups for m in convs}
+    return "count" if len(counts) == 1 and len(widths) > 1 else "width"
 
 
 def op_name(node: fx.Node) -> str:

@@ -25,6 +25,7 @@ from prunenas.families.channel_groups import (
     Param,
     Site,
     flat_nodes,
+    grouped_conv_rule,
     node_argument,
     node_ndim,
     node_shape,
@@ -66,6 +67,7 @@ class ChannelPass(ChannelGroups):
     """The walk over an fx graph with shapes: :meth:`run` visits every node and returns the :class:`Analysis`."""
 
     def run(self, graph_hash: str) -> Analysis:
+        self.grouped_rule = grouped_conv_rule(self.model)
         self.new_group(0)  # INPUT_GROUP, sized at the placeholder
         self.freeze_groups([INPUT_GROUP], None, "network input")
         output_shape: tuple[int, ...] = ()
@@ -74,6 +76,7 @@ class ChannelPass(ChannelGroups):
                 output_shape = self.mark_output(node)
                 continue
             self.values[node] = self.visit(node)
+        self.freeze_conflicting_group_rules()
         self.freeze_mixed_concatenations()
         self.check_parameters_described()
         return Analysis(self.groups(), tuple(self.resolved_sites()), output_shape, graph_hash)
@@ -132,12 +135,20 @@ class ChannelPass(ChannelGroups):
             self.sites.append(Site(name, "conv", x.segs, x.segs[0][0], module.out_channels, groups=module.groups,
                                    depthwise=True, **geometry))
             return x
+        grouped = module.groups > 1 and not depthwise
+        if grouped and self.grouped_rule == "width" and self.group_by_group(node, module, x):
+            group = x.segs[0][0]
+            self.info[self.find(group)]["producers"].append(name)
+            self.add_group_rule(group, ("width", module.in_channels // module.groups))
+            self.sites.append(Site(name, "conv", x.segs, group, module.out_channels, groups=module.groups,
+                                   group_rule="width", **geometry))
+            return x
         out = self.new_group(module.out_channels, name)
-        if module.groups > 1:
-            why = f"grouped conv (groups={module.groups}) keeps its groups"
-            self.freeze(x, node, why)
-            self.freeze_groups([out], node, why)
-        self.sites.append(Site(name, "conv", x.segs, out, module.out_channels, groups=module.groups, **geometry))
+        rule = "count" if grouped and self.grouped_rule == "count" and self.one_input(node, module, x, out) else ""
+        for group in [x.segs[0][0], out] if rule else []:
+            self.add_group_rule(group, ("count", module.groups))
+        self.sites.append(Site(name, "conv", x.segs, out, module.out_channels, groups=module.groups,
+                               group_rule=rule, **geometry))
         return Chan(((out, module.out_channels),), 1, 4)
 
     def visit_linear(self, node: fx.Node, module: nn.Linear, x: Any) -> Any:

@@ -131,13 +131,14 @@ def analysis_of(options: Mapping[str, Any]):
 @lru_cache(maxsize=64)
 def _slots(model: str, shape: tuple[int, int, int]) -> tuple[Slot, ...]:
     analysis = analyse(model, shape)
-    depthwise = {s.name for s in analysis.sites if s.depthwise}
+    group_by_group = {s.name for s in analysis.sites if s.depthwise or s.group_rule == "width"}
     slots = []
     for g in analysis.slot_groups:
         info = analysis.groups[g]
         name = info.producers[0] if info.producers else f"group{g}"
-        dense = [p for p in info.producers if p not in depthwise]
-        slots.append(Slot(name, info.channels, info.stage, tied=len(dense) > 1))
+        dense = [p for p in info.producers if p not in group_by_group]
+        slots.append(Slot(name, info.channels, info.stage, tied=len(dense) > 1, group_width=info.group_width,
+                          group_count=info.group_count))
     return tuple(slots)
 
 
@@ -203,6 +204,12 @@ class _Plan:
             return tuple(range(self.width(group)))
         return tuple(kept.get(slot, range(base_arch.widths[slot])))
 
+    def groups(self, site: Site) -> int:
+        """A conv's groups at these widths: fixed group width — the input width over the base group width."""
+        if site.group_rule == "width":
+            return self.in_width(site) * site.groups // sum(c for _, c in site.inputs)
+        return site.groups
+
     def layer(self, site: Site) -> Layer | None:
         """The :class:`Layer` of a site at these widths (``None`` for parameter-free leaves)."""
         geo = self.geometry[site.name]
@@ -213,11 +220,12 @@ class _Plan:
             if site.depthwise:
                 return Layer(site.name, "conv", inputs, output, c_in, c_in, site.kernel, site.stride, c_in, site.bias,
                              geo.positions)
-            if site.groups > 1:  # frozen: described as the dense conv its weight is (same shape, same MACs)
+            if site.groups > 1 and (not site.group_rule or (inputs, output) == ((INPUT,), None)):
+                # frozen: described as the dense conv its weight is (same shape, same MACs)
                 return Layer(site.name, "conv", (INPUT,), None, c_in // site.groups, self.width(site.output),
                              site.kernel, site.stride, 1, site.bias, geo.positions)
             return Layer(site.name, "conv", inputs, output, c_in, self.width(site.output), site.kernel, site.stride,
-                         1, site.bias, geo.positions)
+                         self.groups(site), site.bias, geo.positions)
         if site.kind == "linear":
             return Layer(site.name, "linear", inputs, output, c_in * geo.in_repeat, self.width(site.output),
                          bias=site.bias, out_hw=geo.positions, in_repeat=geo.in_repeat)
@@ -283,15 +291,16 @@ def _resize(model: nn.Module, site: Site, plan: _Plan) -> None:
 
 
 def _resize_conv(module: nn.Conv2d, site: Site, plan: _Plan, in_index: torch.Tensor) -> None:
-    if site.groups > 1 and not site.depthwise:
+    if site.groups > 1 and not site.depthwise and not site.group_rule:
         return  # frozen grouped conv: unchanged
     out = torch.arange(plan.width(site.output) if not site.depthwise else len(in_index))
     _slice(module, "weight", 0, out)
     _slice(module, "bias", 0, out)
     if site.depthwise:
         module.groups = len(in_index)
-    else:
-        _slice(module, "weight", 1, in_index)
+    else:  # a grouped conv's weight holds one group's input channels along dim 1
+        module.groups = plan.groups(site)
+        _slice(module, "weight", 1, in_index[:len(in_index) // module.groups])
     module.in_channels, module.out_channels = len(in_index), len(out)
 
 

@@ -5,17 +5,24 @@
 (:mod:`prunenas.families.channel_pass`), tracking for every tensor which *channel groups*
 (:mod:`prunenas.families.channel_groups`) sit along its channel dimension. Conv and linear outputs are new
 groups. Norms, activations, pooling and dropout pass channels through; ``add``/``mul``/``sub``/``div``
-(residuals, squeeze-excitation gates, layer scale) and depthwise convs *tie* groups (one width); ``cat`` along
-channels concatenates them; ``permute``/``transpose`` move the channel dimension (ConvNeXt's channels-last
-Linear and LayerNorm); ``flatten`` (or a ``view``/``reshape`` to ``(N, -1)``) spreads each channel over its
-spatial positions. The tied groups that remain searchable are the slots. Everything the pass cannot reason
-about *freezes* the channels involved (kept at their base width, listed with the node and op that froze
-them): a reshape that mixes or hard-codes channels, channel indexing or shuffles, grouped convolutions,
-GroupNorm, unknown modules and functions, the network input and the model's output. Grouped
-(non-depthwise) convolutions are frozen because resizing them needs whole groups kept together (ResNeXt
-keeps the group count, RegNet the group width), which per-channel selection cannot express yet. Leaf
-modules of the user's own (the CIFAR ResNets' option-A shortcut) get a rule through
-:func:`prunenas.families.leaf_rules.register_leaf_rule`.
+(residuals, squeeze-excitation gates, layer scale) and depthwise convs *tie* groups (one width); grouped convs
+tie their input and output group by group (fixed group width: RegNet) or keep their group count (ResNeXt),
+see below; ``cat`` along channels concatenates them; ``permute``/``transpose`` move the channel dimension
+(ConvNeXt's channels-last Linear and LayerNorm); ``flatten`` (or a ``view``/``reshape`` to ``(N, -1)``)
+spreads each channel over its spatial positions. The tied groups that remain searchable are the slots.
+Everything the pass cannot reason about *freezes* the channels involved (kept at their base width, listed
+with the node and op that froze them): a reshape that mixes or hard-codes channels, channel indexing or
+shuffles, GroupNorm, unknown modules and functions, the network input and the model's output.
+
+Grouped (not depthwise) convolutions follow one rule per model
+(:func:`~prunenas.families.channel_groups.grouped_conv_rule`): *fixed group count* when every grouped conv has
+the same number of groups and their group widths differ (ResNeXt: 32 groups everywhere) — the conv's input
+and output slots move in multiples of the count and keep as many channels of every group; otherwise *fixed
+group width* (RegNet: 16 channels per group, 2 to 25 groups) — the conv ties its input and output group by
+group into one slot that keeps or drops whole groups, and its group count follows the width. A grouped conv
+the rule cannot describe (a concatenated input; under a fixed group width, outputs not as many as inputs) and
+channels that two rules read are frozen. Leaf modules of the user's own (the CIFAR ResNets' option-A
+shortcut) get a rule through :func:`prunenas.families.leaf_rules.register_leaf_rule`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from prunenas.arch import Architecture
 from prunenas.errors import ArchitectureError
-from prunenas.families.base import INPUT, Layer
+from prunenas.families.base import INPUT, Layer, Slot
 from prunenas.masks import has_masks, reapply_masks
 
 
@@ -37,6 +37,9 @@ class ChannelRef:
         dim: tensor dimension of the channels.
         offset: index of the slot's first channel along ``dim`` (its place in a concatenated input).
         repeat: consecutive indices per channel (``in_repeat`` of a linear layer after a flatten).
+        groups: the consumer is a grouped conv with a fixed group count: the slot's channels are ``groups``
+            equal groups, group ``i`` read by the ``i``-th block of output rows at its index *within the
+            group* along ``dim`` (:meth:`positions` does not apply; see :func:`inherit_state`).
     """
 
     layer: str
@@ -44,6 +47,7 @@ class ChannelRef:
     dim: int
     offset: int
     repeat: int = 1
+    groups: int = 1
 
     def positions(self, channels: Sequence[int]) -> Tensor:
         """Indices along ``dim`` of the given channels of the slot (``repeat`` per channel, in order)."""
@@ -55,12 +59,14 @@ def channel_refs(arch: Architecture) -> dict[int, list[ChannelRef]]:
     """Every place where each slot's channels appear in ``arch.build()``, by slot (all slots are keys)."""
     refs: dict[int, list[ChannelRef]] = {s: [] for s in range(len(arch.widths))}
     for layer in arch.layers:
-        if layer.kind == "conv" and layer.groups > 1 and not layer.depthwise:
-            raise ArchitectureError(f"layer {layer.name!r} is a grouped convolution (groups={layer.groups}); "
-                                    "only dense and depthwise convolutions are supported")
         if layer.output is not None:
             refs[layer.output] += producer_refs(layer)
-        if layer.depthwise:  # weight (C, 1, k, k): its input channels are its output channels
+        if layer.depthwise or reads_own_groups(arch, layer):  # weight (C, C / groups, k, k): input = output
+            continue
+        if layer.kind == "conv" and layer.groups > 1:
+            slot = _grouped_input(arch, layer)
+            if slot != INPUT:
+                refs[slot].append(ChannelRef(layer.name, "consume", 1, 0, groups=layer.groups))
             continue
         role: Literal["norm", "consume"] = "norm" if layer.is_norm else "consume"
         dim, repeat = (0, 1) if layer.is_norm else (1, layer.in_repeat)
@@ -70,6 +76,24 @@ def channel_refs(arch: Architecture) -> dict[int, list[ChannelRef]]:
                 refs[slot].append(ChannelRef(layer.name, role, dim, offset * repeat, repeat))
             offset += arch.input_shape[0] if slot == INPUT else arch.widths[slot]
     return refs
+
+
+def reads_own_groups(arch: Architecture, layer: Layer) -> bool:
+    """A grouped conv with a fixed group width: it reads the slot it produces, group by group (like a depthwise
+    conv channel by channel), so its weight's input dimension never changes."""
+    return layer.kind == "conv" and layer.groups > 1 and layer.inputs == (layer.output,) and \
+        arch.slots[layer.output].group_width > 1
+
+
+def _grouped_input(arch: Architecture, layer: Layer) -> int:
+    """The slot a grouped conv with a fixed group count reads (its input's groups equal its own)."""
+    slot = layer.inputs[0]
+    if slot == INPUT:
+        return INPUT
+    if len(layer.inputs) != 1 or arch.slots[slot].group_count != layer.groups:
+        raise ArchitectureError(f"layer {layer.name!r} is a grouped convolution (groups={layer.groups}) reading "
+                                f"slots {list(layer.inputs)} that are not {layer.groups} equal groups")
+    return slot
 
 
 def producer_refs(layer: Layer) -> list[ChannelRef]:
@@ -143,16 +167,7 @@ def inherit_state(
     _check_compatible(base_arch, arch)
     full = _full_kept(base_arch, arch, kept)
     base_shapes, shapes = _state_shapes(base_arch), _state_shapes(arch)
-    keys_of: dict[str, list[str]] = {}
-    for key in base_shapes:
-        keys_of.setdefault(key.rpartition(".")[0], []).append(key)
-    drops: dict[tuple[str, int], list[Tensor]] = {}
-    for slot, refs in channel_refs(base_arch).items():
-        dropped = sorted(set(range(base_arch.widths[slot])) - set(full[slot]))
-        for ref in refs if dropped else ():
-            for key in keys_of.get(ref.layer, ()):
-                if len(base_shapes[key]) > ref.dim:
-                    drops.setdefault((key, ref.dim), []).append(ref.positions(dropped))
+    drops, grouped = _dropped_positions(base_arch, full, base_shapes)
     state: dict[str, Tensor] = {}
     for key in shapes:
         if key not in base_state:
@@ -167,6 +182,9 @@ def inherit_state(
                 keep = torch.ones(out.shape[dim], dtype=torch.bool)
                 keep[torch.cat(drops[key, dim])] = False
                 out = out.index_select(dim, keep.nonzero().flatten().to(out.device))
+        if key in grouped:
+            slot, groups = grouped[key]
+            out = _per_group_inputs(out, full[slot], base_arch.widths[slot], groups)
         state[key] = out
     arch.family_obj.remap_buffers(base_arch, arch, full, state)
     for key, shape in shapes.items():
@@ -174,6 +192,36 @@ def inherit_state(
             raise ArchitectureError(f"inherited {key!r} has shape {list(state[key].shape)}, the pruned network "
                                     f"expects {list(shape)}")
     return state
+
+
+def _dropped_positions(base_arch: Architecture, full: Mapping[int, Sequence[int]],
+                       base_shapes: Mapping[str, tuple[int, ...]]) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """(tensor key, dim) -> positions of the dropped channels along dim; and the weights of grouped convs with a
+    fixed group count -> (the slot they read, groups), sliced per group instead."""
+    keys_of: dict[str, list[str]] = {}
+    for key in base_shapes:
+        keys_of.setdefault(key.rpartition(".")[0], []).append(key)
+    drops: dict[tuple[str, int], list[Tensor]] = {}
+    grouped: dict[str, tuple[int, int]] = {}
+    for slot, refs in channel_refs(base_arch).items():
+        dropped = sorted(set(range(base_arch.widths[slot])) - set(full[slot]))
+        for ref in refs if dropped else ():
+            for key in keys_of.get(ref.layer, ()):
+                if len(base_shapes[key]) > ref.dim and ref.groups > 1:
+                    grouped[key] = slot, ref.groups
+                elif len(base_shapes[key]) > ref.dim:
+                    drops.setdefault((key, ref.dim), []).append(ref.positions(dropped))
+    return drops, grouped
+
+
+def _per_group_inputs(weight: Tensor, kept: Sequence[int], width: int, groups: int) -> Tensor:
+    """A grouped conv's weight (rows already sliced, ``groups`` equal blocks) with every block keeping the
+    kept input channels of its own group: along dim 1 a group's channels sit at their index within the group."""
+    size = width // groups
+    local = torch.tensor([[c - g * size for c in kept if c // size == g] for g in range(groups)], dtype=torch.long)
+    blocks = weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
+    index = local.view(groups, 1, -1, *[1] * (weight.ndim - 2)).expand(-1, blocks.shape[1], -1, *weight.shape[2:])
+    return blocks.gather(2, index.to(weight.device)).reshape(weight.shape[0], local.shape[1], *weight.shape[2:])
 
 
 def inherit(
@@ -298,8 +346,21 @@ def _full_kept(base_arch: Architecture, arch: Architecture, kept: Mapping[int, S
             raise ArchitectureError(f"{where}: kept channel {bad[0]} out of range 0..{base - 1}")
         if any(b <= a for a, b in zip(channels, channels[1:])):
             raise ArchitectureError(f"{where}: kept channels must be sorted ascending without repeats")
+        _check_groups_kept(arch.slots[s], base, channels, where)
         full[s] = channels
     return full
+
+
+def _check_groups_kept(slot: Slot, base: int, channels: Sequence[int], where: str) -> None:
+    """Grouped convs read the slot group by group: whole groups kept (fixed group width), or as many channels
+    of every group (fixed group count)."""
+    counts = [len(set(group) & set(channels)) for group in slot.groups_of(base)]
+    if slot.group_width > 1 and any(0 < n < slot.group_width for n in counts):
+        raise ArchitectureError(f"{where}: kept channels split a group of {slot.group_width}; grouped convs with "
+                                "a fixed group width keep or drop whole groups")
+    if slot.group_count > 1 and len(set(counts)) > 1:
+        raise ArchitectureError(f"{where}: kept channels per group {counts} differ; grouped convs with a fixed "
+                                "group count keep as many channels of every group")
 
 
 def _full_dropped(arch: Architecture, dropped: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from prunenas.arch import Architecture
 from prunenas.families.base import INPUT, Layer
+from prunenas.proposers.channels import reads_own_groups
 from prunenas.proposers.registry import Param, ProposerError
 from prunenas.splits import Split
 
@@ -45,10 +46,11 @@ class Consumer:
 
 
 def consumers(arch: Architecture, slot: int) -> list[Consumer]:
-    """The conv/linear layers that read ``slot`` as input channels (depthwise convs excluded: they produce it)."""
+    """The conv/linear layers that read ``slot`` as input channels (depthwise convs and grouped convs with a
+    fixed group width excluded: they produce it)."""
     out = []
     for layer in arch.layers:
-        if layer.is_norm or layer.depthwise:
+        if layer.is_norm or layer.depthwise or reads_own_groups(arch, layer):
             continue
         offset = 0
         for s in layer.inputs:
@@ -108,6 +110,9 @@ def sample_consumers(model: nn.Module, arch: Architecture, batches: Iterable[Ten
     for slot in slots:
         for consumer in consumers(arch, slot):
             name, width = consumer.layer.name, arch.widths[slot]
+            if consumer.layer.groups > 1:
+                raise ProposerError(f"slot {slot} ({arch.slots[slot].name!r}) is read by grouped conv {name!r} "
+                                    f"(groups={consumer.layer.groups}): its reconstruction is not implemented")
             weight = _effective_weight(arch, modules, layer_index[name])
             term = ConsumerStats(weight[:, consumer.offset:consumer.offset + width].double())
             out[slot].append((consumer, term))

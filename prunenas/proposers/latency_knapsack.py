@@ -47,9 +47,10 @@ class KnapsackChoice:
 
 
 def width_options(space: Space, slot: int) -> list[int]:
-    """Widths a slot may keep: multiples of the space's ``multiple_of`` from its lower bound (at least 1, rounded
-    up) to its base width, and the base width itself."""
-    unit, upper = space.multiple_of, space.upper[slot]
+    """Widths a slot may keep: multiples of the slot's rounding unit (:meth:`Space.multiple
+    <prunenas.spaces.Space.multiple>`) from its lower bound (at least 1, rounded up) to its base width, and the
+    base width itself."""
+    unit, upper = space.multiple(slot), space.upper[slot]
     floor = min(upper, max(unit, -(-max(1, space.lower[slot]) // unit) * unit))
     return sorted({*range(floor, upper + 1, unit), upper})
 

@@ -10,6 +10,9 @@ selectors then choose how many channels each slot keeps, and which:
   scores lies;
 * :func:`select_widths` — given widths (e.g. a preset), keeping each slot's highest-scoring channels.
 
+Slots that grouped convolutions read keep whole groups (fixed group width: the groups of highest mean score)
+or as many channels of every group (fixed group count: the best of each group); a threshold sees such a slot
+through :func:`threshold_scores`.
 Widths are rounded up to the space's ``multiple_of`` (head counts: to whole heads) and clamped into the space's
 bounds; slots that would fall below their lower bound are raised to it (itself rounded up to ``multiple_of``,
 capped at the base width) and reported (the seed crashed on zero-width layers).
@@ -29,6 +32,7 @@ from torch import Tensor
 from prunenas.arch import Architecture
 from prunenas.budget import Match, cost_of
 from prunenas.errors import ArchitectureError, BudgetError, UnknownNameError
+from prunenas.families.base import Slot
 from prunenas.spaces import Space
 
 NORMALIZATIONS = ("none", "max", "mean", "l2")
@@ -101,9 +105,9 @@ def select_by_threshold(
     (its widths 0) instead of floored.
     """
     checked = _checked(space, scores)
-    widths, floored = _widths_at(space, _sorted(checked), float(threshold), remove_blocks)
+    widths, floored = _widths_at(space, _sorted(threshold_scores(space, checked)), float(threshold), remove_blocks)
     space.arch(widths)
-    return _selection(checked, widths, float(threshold), floored)
+    return _selection(space, checked, widths, float(threshold), floored)
 
 
 def select_by_cost(
@@ -129,8 +133,9 @@ def select_by_cost(
     if tolerance < 0:
         raise BudgetError(f"tolerance {tolerance} must be >= 0")
     checked = _checked(space, scores)
-    ordered = _sorted(checked)
-    values = torch.unique(torch.cat(list(checked.values()))).tolist() if checked else []
+    seen = threshold_scores(space, checked)
+    ordered = _sorted(seen)
+    values = torch.unique(torch.cat(list(seen.values()))).tolist() if seen else []
     thresholds = [float("-inf"), *values]
     evaluated: dict[int, tuple[tuple[int, ...], tuple[int, ...], int]] = {}
 
@@ -156,7 +161,7 @@ def select_by_cost(
             lo, hi = (lo, mid) if at(mid)[2] <= target else (mid, hi)
         best = lo if at(lo)[2] <= limit and at(lo)[2] - target < target - at(hi)[2] else hi
     widths, floored, _ = at(best)
-    return _selection(checked, widths, thresholds[best], floored)
+    return _selection(space, checked, widths, thresholds[best], floored)
 
 
 def select_fraction(
@@ -169,20 +174,53 @@ def select_fraction(
     checked = _checked(space, scores)
     if not checked:
         raise ArchitectureError("no slot is scored: nothing to pool")
-    pooled = torch.cat(list(checked.values())).sort().values
+    pooled = torch.cat(list(threshold_scores(space, checked).values())).sort().values
     return select_by_threshold(space, checked, float(pooled[int(pooled.numel() * fraction)]), remove_blocks)
 
 
 def select_widths(space: Space, scores: Mapping[int, Tensor | Sequence[float]], widths: Sequence[int]) -> Selection:
     """Given widths (e.g. a preset's): keep each scored slot's highest-scoring channels, else its first ones."""
     arch = space.arch(widths)
-    return _selection(_checked(space, scores), arch.widths, None, ())
+    return _selection(space, _checked(space, scores), arch.widths, None, ())
 
 
 def top_channels(scores: Tensor, width: int) -> tuple[int, ...]:
     """Indices of the ``width`` highest scores, ascending (ties: lower index first)."""
     order = torch.sort(-scores, stable=True).indices[:width]
     return tuple(sorted(order.tolist()))
+
+
+def keep_channels(slot: Slot, scores: Tensor, width: int) -> tuple[int, ...]:
+    """The ``width`` channels of a slot with these scores to keep, ascending: the highest-scoring ones
+    (:func:`top_channels`) within the slot's group rule — whole groups, those of highest mean score (fixed group
+    width), or the ``width / group_count`` highest-scoring channels of every group (fixed group count)."""
+    groups = slot.groups_of(len(scores))
+    if slot.group_width > 1:
+        means = torch.stack([scores[g.start:g.stop].mean() for g in groups])
+        return tuple(c for i in top_channels(means, width // slot.group_width) for c in groups[i])
+    if slot.group_count > 1:
+        per_group = width // slot.group_count
+        return tuple(g.start + c for g in groups for c in top_channels(scores[g.start:g.stop], per_group))
+    return top_channels(scores, width)
+
+
+def threshold_scores(space: Space, scores: Mapping[int, Tensor]) -> dict[int, Tensor]:
+    """The scores a global threshold compares: unchanged, except on slots that grouped convs read — every
+    channel gets its group's mean score (fixed group width: a threshold keeps whole groups), or the mean over
+    the groups of the scores of its rank within its group (fixed group count: as many of every group)."""
+    out = {}
+    for s, values in scores.items():
+        slot = space.slots[s]
+        if slot.group_width > 1:
+            out[s] = values.view(-1, slot.group_width).mean(1).repeat_interleave(slot.group_width)
+        elif slot.group_count > 1:
+            blocks = values.view(slot.group_count, -1)
+            order = blocks.argsort(dim=1, descending=True, stable=True)
+            by_rank = blocks.gather(1, order).mean(0).expand_as(blocks)
+            out[s] = torch.empty_like(blocks).scatter_(1, order, by_rank).flatten()
+        else:
+            out[s] = values
+    return out
 
 
 # -- internals -----------------------------------------------------------------------------------------
@@ -224,9 +262,7 @@ def _widths_at(
     counts = {s: len(v) - int(torch.searchsorted(v, key, right=True)) for s, v in ordered.items()}
     widths, floored = list(space.upper), []
     for s, count in counts.items():
-        unit = space.multiple(s)
-        width = min(space.upper[s], -(-count // unit) * unit)
-        floor = min(space.upper[s], -(-space.lower[s] // unit) * unit)
+        width, floor = space.round_up(s, count), space.round_up(s, space.lower[s])
         if width < floor:
             floored.append(s)
             width = floor
@@ -245,7 +281,8 @@ def _widths_at(
     return base.family_obj.repair_widths(base.opts, widths), tuple(sorted(floored))
 
 
-def _selection(scores: Mapping[int, Tensor], widths: Sequence[int], threshold: float | None,
+def _selection(space: Space, scores: Mapping[int, Tensor], widths: Sequence[int], threshold: float | None,
                floored: tuple[int, ...]) -> Selection:
-    kept = {s: top_channels(scores[s], w) if s in scores else tuple(range(w)) for s, w in enumerate(widths)}
+    kept = {s: keep_channels(space.slots[s], scores[s], w) if s in scores else tuple(range(w))
+            for s, w in enumerate(widths)}
     return Selection(tuple(widths), kept, threshold, floored)

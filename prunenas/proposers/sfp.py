@@ -53,7 +53,7 @@ def sfp_selection(space: Space, state: Mapping[str, torch.Tensor], keep: float, 
     if keep > 0:
         widths = list(space.upper)
         for s in scores:
-            widths[s] = max(space.lower[s], space.upper[s] - int(space.upper[s] * (1 - keep)))
+            widths[s] = space.round_up(s, max(space.lower[s], space.upper[s] - int(space.upper[s] * (1 - keep))))
         return select_widths(space, scores, widths)
     return select_by_cost(space, scores, target.absolute(space), target.match)
 

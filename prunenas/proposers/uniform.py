@@ -6,10 +6,14 @@ import random as _random
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from prunenas.budget import Twin, cost_of, uniform_twin
 from prunenas.errors import ArchitectureError
+from prunenas.families.base import Slot
 from prunenas.proposers.proposal import Proposal, Target, achieved
 from prunenas.proposers.registry import Param, ProposerError, register_proposer
+from prunenas.proposers.select import keep_channels
 from prunenas.spaces import Space
 
 
@@ -49,6 +53,14 @@ def random_widths(space: Space, target: Target, provider: Any, params: Mapping[s
             continue
     else:
         raise ProposerError(f"could not draw random widths valid for {space.family} in 100 tries")
-    kept = {s: tuple(sorted(rng.sample(range(base), w))) for s, (w, base) in
+    kept = {s: _random_channels(space.slots[s], base, w, rng) for s, (w, base) in
             enumerate(zip(twin.arch.widths, space.upper))}
     return Proposal(twin.arch, "random", params, target, seed, kept, twin_provenance(space, target, twin))
+
+
+def _random_channels(slot: Slot, base: int, width: int, rng: _random.Random) -> tuple[int, ...]:
+    """``width`` random channels of the slot, ascending; whole groups or as many of every group where grouped
+    convs read it (:func:`prunenas.proposers.select.keep_channels` with random scores)."""
+    if slot.step == 1:
+        return tuple(sorted(rng.sample(range(base), width)))
+    return keep_channels(slot, torch.tensor([rng.random() for _ in range(base)]), width)

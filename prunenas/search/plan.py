@@ -76,10 +76,10 @@ def _suggest(trial: Any, name: str, setting: Setting) -> Any:
 
 
 def width_grid(space: Space, slot: int) -> tuple[int, int, int]:
-    """(low, high, step) of a directly sampled width: the multiples of ``space.multiple_of`` within the slot's
-    bounds, so every sampled width is one the space's rounding keeps as it is (a slot narrower than the
-    multiple has its base width only)."""
-    step, lower, upper = space.multiple_of, space.lower[slot], space.upper[slot]
+    """(low, high, step) of a directly sampled width: the multiples of the slot's rounding unit
+    (:meth:`Space.multiple <prunenas.spaces.Space.multiple>`) within its bounds, so every sampled width is one
+    the space's rounding keeps as it is (a slot narrower than the multiple has its base width only)."""
+    step, lower, upper = space.multiple(slot), space.lower[slot], space.upper[slot]
     low = -(-lower // step) * step
     if low > upper:
         return upper, upper, 1
