@@ -83,10 +83,10 @@ def _library_logs_to(log: IO[str], consoles: tuple[Any, ...]) -> Iterator[None]:
             handler.setStream(stream)
 
 
-def startup_lines(run: RunDir, log: Path | None, dashboard_url: str | None, token: str | None,
+def startup_lines(run: RunDir, log: Path | None, dashboard_url: str | None, token_source: str | None,
                   auth_disabled: bool) -> list[str]:
     """What ``prunenas search``/``resume`` print first: the run folder, where Ray's output goes, the dashboard
-    and how to authenticate to it."""
+    and how to authenticate to it (``token_source``: where this process found Ray's token, never the token)."""
     lines = [f"run folder {run.path}"]
     if log is not None:
         lines.append(f"Ray and Tune output: {log} (--verbose shows it here)")
@@ -94,8 +94,8 @@ def startup_lines(run: RunDir, log: Path | None, dashboard_url: str | None, toke
         url = dashboard_url if "://" in dashboard_url else f"http://{dashboard_url}"
         if auth_disabled:
             auth = "token authentication off: RAY_AUTH_MODE=disabled"
-        elif token:
-            auth = "sign in with the token from `ray get-auth-token` (also in ~/.ray/auth_token)"
+        elif token_source:
+            auth = f"sign in with the token in {token_source}; `ray get-auth-token` prints it"
         else:
             auth = "if it asks for a token: `ray get-auth-token` on the head prints it"
         lines.append(f"Ray dashboard {url}  ({auth})")

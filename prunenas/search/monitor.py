@@ -71,14 +71,19 @@ def _tags(tags: Mapping[str, str]) -> dict[str, str]:
 
 def auth_token() -> str | None:
     """Ray's token, found as Ray finds it: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    return auth_token_source()[0]
+
+
+def auth_token_source() -> tuple[str | None, str | None]:
+    """Ray's token and where it was found (``$RAY_AUTH_TOKEN`` or the file's path); (None, None) without one."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        return None
+        return None, None
     if os.environ.get("RAY_AUTH_TOKEN"):
-        return os.environ["RAY_AUTH_TOKEN"].strip()
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "$RAY_AUTH_TOKEN"
     for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), Path.home() / ".ray" / "auth_token"):
         if path and Path(path).is_file():
-            return Path(path).read_text().strip()
-    return None
+            return Path(path).read_text().strip(), str(path)
+    return None, None
 
 
 def auth_headers() -> dict[str, str]:

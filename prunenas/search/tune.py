@@ -117,7 +117,7 @@ def _execute(run: RunDir, exp: Experiment, dashboard_url: str | None, log: Path 
 
 def _run_phases(ctx: Context, dashboard_url: str | None, log: Path | None) -> None:
     run, exp = ctx.run, ctx.experiment
-    for line in console.startup_lines(run, log, dashboard_url, monitor.auth_token(),
+    for line in console.startup_lines(run, log, dashboard_url, monitor.auth_token_source()[1],
                                       os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled"):
         console.say(line)
     if exp.workers > 1:

@@ -207,5 +207,6 @@ def test_verbose_keeps_tune_output_on_the_console(tmp_path):
         print("from a library")
         assert console.tune_verbosity() == 0
     assert log.read_text() == "from a library\n" and console.tune_verbosity() == 1
-    lines = console.startup_lines(run, None, "127.0.0.1:8265", "t0k3n", auth_disabled=False)
-    assert "http://127.0.0.1:8265" in lines[-1] and "ray get-auth-token" in lines[-1] and "t0k3n" not in lines[-1]
+    lines = console.startup_lines(run, None, "127.0.0.1:8265", "$RAY_AUTH_TOKEN", auth_disabled=False)
+    assert "http://127.0.0.1:8265" in lines[-1] and "ray get-auth-token" in lines[-1]
+    assert "the token in $RAY_AUTH_TOKEN" in lines[-1]
