@@ -126,8 +126,6 @@ def test_dashboard_shows_the_run_and_what_each_actor_trains(dashboard_seen):
     assert {s.split()[1] for s in shown} == {"search", "eval"}, shown
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"the dashboard's browser check needs Debian's chromium at "
-                                                  f"{CHROMIUM} (`make browser` installs it)")
 def test_dashboard_in_a_real_browser(dashboard_seen):
     """Headless Chromium opens the dashboard URL the search printed, is refused a wrong token and let in with the
     one prunenas finds, then finds the run's name on the Jobs page and what a trial trains on the Actors page.
