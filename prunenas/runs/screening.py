@@ -7,7 +7,9 @@ screening proxy over every screened candidate, ``fidelity`` for the ``search.fid
 trained ones. The promoted and audit candidates' search rows in ``results.jsonl`` carry ``role``,
 ``proxy`` and ``proxy_score``; their validation accuracy (the mean over the search seeds) is what the proxy
 is measured against, on the audit candidates (unbiased) and on all trained ones
-(:func:`prunenas.proxies.fidelity.fidelity_summary`).
+(:func:`prunenas.proxies.fidelity.fidelity_summary`). With two or more search seeds, the rank correlation
+between two seeds' accuracies is the *seed ceiling*: how well one full training ranks the candidates of another,
+which no proxy can be expected to beat.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
-from prunenas.proxies.fidelity import MIN_PAIRS, ROLES, fidelity_summary
+from prunenas.proxies.fidelity import MIN_PAIRS, ROLES, fidelity_summary, rank_correlation
 from prunenas.runs.results import ResultsStore
 from prunenas.runs.rundir import RunDir
 from prunenas.runs.stats import finite_number, format_percent
@@ -37,7 +39,8 @@ def screen_key(stage: str, proxy: str, number: int) -> str:
 
 def trained_candidates(run: RunDir) -> list[dict[str, Any]]:
     """The fully trained candidates of a screening: ``proposal``, ``role``, ``proxy_score``, ``val_acc`` (mean
-    over the search seeds), ``seeds`` and ``macs``, in screening order; empty for a plain search."""
+    over the search seeds), ``seeds``, ``seed_acc`` ({seed as text: val_acc}, JSON's keys) and ``macs``, in
+    screening order; empty for a plain search."""
     by_proposal: dict[str, list[dict[str, Any]]] = {}
     for row in run.results.latest().values():
         if row["phase"] == "search" and row["status"] == "ok" and row.get("role") in ROLES:
@@ -45,7 +48,8 @@ def trained_candidates(run: RunDir) -> list[dict[str, Any]]:
     out = [{"proposal": pid, "role": rows[0]["role"], "proxy": rows[0].get("proxy"),
             "proxy_score": rows[0].get("proxy_score"), "index": rows[0].get("screen_index"),
             "val_acc": statistics.fmean(r["val_acc"] for r in rows),
-            "seeds": len(rows), "macs": rows[0]["macs"]} for pid, rows in by_proposal.items()]
+            "seeds": len(rows), "seed_acc": {str(r["seed"]): r["val_acc"] for r in rows},
+            "macs": rows[0]["macs"]} for pid, rows in by_proposal.items()]
     return sorted(out, key=lambda c: (c["index"] is None, c["index"], c["proposal"]))
 
 
@@ -68,7 +72,26 @@ def proxy_fidelity(run: RunDir) -> dict[str, Any] | None:
     return {"screened": len(screened), "promoted": sum(c["role"] == "promoted" for c in candidates),
             "audit": sum(c["role"] == "audit" for c in candidates),
             "screen_seconds": sum(r.get("seconds", 0.0) for r in screened), "proxies": table,
-            "candidates": candidates}
+            "seed_ceiling": seed_ceiling(candidates), "candidates": candidates}
+
+
+def seed_ceiling(candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Kendall tau and Spearman rho (bootstrap intervals) between the validation accuracies of the two lowest
+    search seeds that every candidate was trained on, on the audit and on all trained candidates; None with fewer
+    than two such seeds. The proxy is scored against the seeds' mean, which is less noisy than one seed: a proxy
+    may come out a little above this ceiling by chance, never far above it."""
+    shared = set.intersection(*(set(c["seed_acc"]) for c in candidates))
+    if len(shared) < 2:
+        return None
+    first, second = sorted(shared, key=int)[:2]
+
+    def of(chosen: list[dict[str, Any]]) -> dict[str, Any]:
+        x, y = [c["seed_acc"][first] for c in chosen], [c["seed_acc"][second] for c in chosen]
+        return {"n": len(chosen), "kendall": rank_correlation(x, y, "kendall"),
+                "spearman": rank_correlation(x, y, "spearman")}
+
+    return {"seeds": [int(first), int(second)], "audit": of([c for c in candidates if c["role"] == "audit"]),
+            "trained": of(candidates)}
 
 
 def _fidelity_scores(scores: Any) -> dict[str, dict[str, Any]]:
@@ -90,7 +113,9 @@ def markdown_fidelity(data: Mapping[str, Any]) -> str:
              "validation, mean over the search seeds. The audit row is the unbiased estimate of how well the proxy "
              "ranks; the promoted candidates are the proxy's favourites, a narrow slice. Intervals: 95% "
              f"bootstrap (none below {MIN_PAIRS} candidates). Top-1 regret: best accuracy minus the accuracy of "
-             "the proxy's best, in points.", "",
+             "the proxy's best, in points. The seed ceiling is the rank correlation between two search seeds' "
+             "accuracies: how well one full training ranks the candidates of another, which no proxy can be expected "
+             "to beat.", "",
              "| proxy | candidates | n | Kendall τ [95% CI] | Spearman ρ [95% CI] | top-1 regret |",
              "|---|---|---|---|---|---|"]
     for entry in data["proxies"]:
@@ -99,6 +124,13 @@ def markdown_fidelity(data: Mapping[str, Any]) -> str:
             f = entry[subset]
             lines.append(f"| {name} | {label} | {f['n']} | {_correlation(f['kendall'])} | "
                          f"{_correlation(f['spearman'])} | {format_percent(f['top1_regret'])} |")
+    ceiling = data.get("seed_ceiling")
+    if ceiling:
+        name = "seed {} vs seed {} (ceiling)".format(*ceiling["seeds"])
+        for subset, label in (("audit", "audit (unbiased)"), ("trained", "all trained")):
+            f = ceiling[subset]
+            lines.append(f"| {name} | {label} | {f['n']} | {_correlation(f['kendall'])} | "
+                         f"{_correlation(f['spearman'])} | - |")
     return "\n".join(lines)
 
 
@@ -106,8 +138,10 @@ def fidelity_line(data: Mapping[str, Any]) -> str:
     """The screening proxy's fidelity in one line (``prunenas status``)."""
     main = data["proxies"][0]
     audit, trained = main["audit"], main["trained"]
+    ceiling = data.get("seed_ceiling")
+    between_seeds = f"; between seeds {_correlation(ceiling['trained']['kendall'])}" if ceiling else ""
     return (f"{main['proxy']}: Kendall tau {_correlation(audit['kendall'])} on {audit['n']} audit, "
-            f"{_correlation(trained['kendall'])} on {trained['n']} trained; top-1 regret "
+            f"{_correlation(trained['kendall'])} on {trained['n']} trained{between_seeds}; top-1 regret "
             f"{format_percent(trained['top1_regret'])} points ({data['screened']} screened)")
 
 

@@ -72,6 +72,30 @@ def test_fidelity_matches_scipy_on_the_audit_and_on_all_trained(run):
     assert -1 <= low <= main["audit"]["kendall"]["value"] <= high <= 1
 
 
+def test_the_seed_ceiling_is_the_rank_correlation_between_the_two_seeds(run):
+    data = proxy_fidelity(run)
+    ceiling = data["seed_ceiling"]
+    assert ceiling["seeds"] == [0, 1]
+    audit = [p for p in CANDIDATES if CANDIDATES[p][0] == "audit"]
+    for subset, pids in (("audit", audit), ("trained", list(CANDIDATES))):
+        first, second = [CANDIDATES[p][2] for p in pids], [CANDIDATES[p][3] for p in pids]
+        assert ceiling[subset]["n"] == len(pids)
+        assert ceiling[subset]["kendall"]["value"] == pytest.approx(stats.kendalltau(first, second).statistic)
+        assert ceiling[subset]["spearman"]["value"] == pytest.approx(stats.spearmanr(first, second).statistic)
+    tau = stats.kendalltau([CANDIDATES[p][2] for p in audit], [CANDIDATES[p][3] for p in audit]).statistic
+    text = write_report(run, fmt="md", latency=False)["text"]
+    assert f"| seed 0 vs seed 1 (ceiling) | audit (unbiased) | 6 | {tau:+.2f} [" in text
+
+
+def test_one_search_seed_has_no_seed_ceiling(tmp_path):
+    run = RunDir(tmp_path / "one-seed")
+    run.create("one-seed", "name: one-seed\n")
+    for index, (pid, (role, score, acc0, _, _)) in enumerate(CANDIDATES.items()):
+        run.results.append(_row(pid, 0, role, score, acc0, index))
+    assert proxy_fidelity(run)["seed_ceiling"] is None
+    assert "(ceiling)" not in write_report(run, fmt="md", latency=False)["text"]
+
+
 def test_report_md_and_json_carry_the_section(run):
     text = write_report(run, fmt="md", latency=False)["text"]
     tau = stats.kendalltau([CANDIDATES[p][1] for p in CANDIDATES], _means(CANDIDATES)).statistic
@@ -90,6 +114,8 @@ def test_status_shows_the_fidelity_in_one_line(run):
     tau = stats.kendalltau([CANDIDATES[p][1] for p in CANDIDATES], _means(CANDIDATES)).statistic
     line = run_status(str(run.path))["proxy_fidelity"]
     assert line.startswith("synflow: Kendall tau ") and f"{tau:+.2f} [" in line and "(9 screened)" in line
+    between = stats.kendalltau([CANDIDATES[p][2] for p in CANDIDATES], [CANDIDATES[p][3] for p in CANDIDATES])
+    assert f"between seeds {between.statistic:+.2f} [" in line
 
 
 def test_a_plain_search_has_no_section(tmp_path):
