@@ -122,7 +122,7 @@ def _run_phases(ctx: Context, dashboard_url: str | None, log: Path | None) -> No
         console.say(line)
     if exp.workers > 1:
         ctx.workers, ctx.trainer = exp.workers, worker_trainer(exp, gpus_per_worker(exp), run.tune_dir / "train")
-    run.write_state(phase=0)
+    run.write_state(status="running", phase=0)  # a resumed run is running again, not "interrupted"
     _phase_base_models(ctx)
     run.write_state(phase=1)
     if exp.screening:

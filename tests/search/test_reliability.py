@@ -120,6 +120,22 @@ def test_ctrl_c_stops_the_whole_search_not_only_its_phase(tmp_path):
     assert f"interrupted: `prunenas resume {run}` continues where it stopped" in output
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     assert not (run / "plan.json").exists() and "phase 2" not in output  # no later phase started
+    before = _read_state(run)
+    resumed = subprocess.Popen([sys.executable, "-m", "prunenas", "resume", run, "--no-dashboard"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and resumed.poll() is None and _read_state(run) == before:
+        time.sleep(0.2)
+    status = _read_state(run)
+    resumed.send_signal(signal.SIGINT)
+    output, _ = resumed.communicate(timeout=120)
+    assert status.startswith("running"), (status, output[-3000:])  # while it runs, status says so
+
+
+def _read_state(run):
+    """``STATUS phase N`` from run.json."""
+    state = json.loads((run / "run.json").read_text())
+    return f"{state['status']} phase {state['phase']}"
 
 
 def _processes():
