@@ -26,6 +26,7 @@ CONTROLS = ("uniform", "random")  # arms solved to the proposal's cost: their co
 UNIFORM_ARMS = ("uniform", "uniform-distill")  # arms that train the uniform twin
 INHERIT_ARMS = ("finetune", "lottery", "distill")  # start from the base model's kept weights
 TEACHER_ARMS = ("distill", "distill-scratch", "uniform-distill")  # learn from the base model's logits
+FINETUNE_ARMS = ("finetune", "distill")  # train on the fine-tuning schedule (budget "finetune") under any budgets
 # arms that need the method's base model: its weights, its logits, or (scratch-full) its training's compute
 BASE_ARMS = (*INHERIT_ARMS, *TEACHER_ARMS[1:], "scratch-full")
 BUDGETS = ("scratch-e", "scratch-b")
@@ -176,7 +177,7 @@ class Experiment:
     def arm_budgets(self, arm: str) -> tuple[str, ...]:
         """The budgets ``arm`` trains under: the fine-tuning schedule for the arms that start from the trained
         base weights, the pipeline's compute for ``scratch-full``, the experiment's scratch budgets otherwise."""
-        if arm in ("finetune", "distill"):
+        if arm in FINETUNE_ARMS:
             return ("finetune",)
         if arm == "scratch-full":
             return ("scratch-full",)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prunenas.budget import within_tolerance
-from prunenas.experiment import CONTROLS
+from prunenas.experiment import CONTROLS, FINETUNE_ARMS
 from prunenas.runs.groups import ARM_ORDER, METRICS, Group, arms_present, collect, mean_compute
 from prunenas.runs.rundir import RunDir
 from prunenas.runs.stats import MIN_PAIRED_SEEDS, format_percent, has_interval, mean_std, paired_difference
@@ -26,7 +26,7 @@ def table_rows(groups: Sequence[Group], metric: str) -> list[dict[str, Any]]:
                                       "budget": budget, "macs": g.macs, "params": g.params_count,
                                       "base_val_acc": g.base_val_acc, "metric": metric}
             for arm in arms:
-                values = g.values(arm, "finetune" if arm == "finetune" else budget, metric)
+                values = g.values(arm, "finetune" if arm in FINETUNE_ARMS else budget, metric)
                 mean, std, n = mean_std(list(values.values()))
                 record[arm] = {"mean": mean, "std": std, "n": n}
             record["proposed_minus_uniform"] = paired_difference(g.values("proposed", budget, metric),

@@ -131,6 +131,20 @@ def test_fine_tune_and_distillation_verdicts_pair_seeds_and_state_each_regimes_c
     assert "| better |" in table  # 95% CI [+0.52, +5.48] excludes 0
 
 
+def test_the_fine_tuning_arms_fill_every_scratch_budgets_row():
+    """finetune and distill train once, on the fine-tuning schedule: each budget's row shows that training."""
+    rows = {("proposed", "scratch-e"): _rows({0: 0.80, 1: 0.82}, 100, 100),
+            ("proposed", "scratch-b"): _rows({0: 0.84, 1: 0.86}, 300, 300),
+            ("finetune", "finetune"): _rows({0: 0.83, 1: 0.85}, 100, 500),
+            ("distill", "finetune"): _rows({0: 0.87, 1: 0.89}, 200, 600)}
+    g = Group("p", "l1-norm", {}, {"ratio": 0.35}, MACS, 1, 0.9, (8,), (16,), ("conv1",), rows)
+    records = tables.table_rows([g], "test_acc")
+    assert [r["budget"] for r in records] == ["scratch-b", "scratch-e"]
+    for record in records:
+        assert record["finetune"]["mean"] == pytest.approx(0.84) and record["finetune"]["n"] == 2
+        assert record["distill"]["mean"] == pytest.approx(0.88) and record["distill"]["n"] == 2
+
+
 def test_each_arm_is_reported_at_its_best_validation_learning_rate():
     def rates(val_by_rate):
         return {rate: {s: {"status": "ok", "val_acc": v, "test_acc": 1 - v} for s, v in enumerate(vals)}
