@@ -18,9 +18,12 @@ so nothing finished is lost when the driver dies; :func:`resume` continues in wh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -105,14 +108,33 @@ def _execute(run: RunDir, exp: Experiment, dashboard_url: str | None, log: Path 
     # next phase would start. Finished rows and the Optuna journal are on disk; resume continues from them.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        ctx.data()  # fail early on missing data; trials receive it through Ray's object store
-        _run_phases(ctx, dashboard_url, log)
+        with _sigterm_as_interrupt():
+            ctx.data()  # fail early on missing data; trials receive it through Ray's object store
+            _run_phases(ctx, dashboard_url, log)
     except KeyboardInterrupt:
         run.write_state(status="interrupted")
         console.say(f"interrupted: `prunenas resume {run.path}` continues where it stopped")
         raise
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM (``kill``, a job scheduler stopping the job) stops the search as Ctrl-C does: status
+    ``interrupted``, Ray shut down. Python's default would end the driver on the spot, the run left ``running``."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_phases(ctx: Context, dashboard_url: str | None, log: Path | None) -> None:

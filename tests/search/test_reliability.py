@@ -104,8 +104,10 @@ def test_driver_killed_in_the_evaluation_phase_resumes(tmp_path):
     assert len(ok) == len(set(ok)) and before <= set(ok) and expected_keys(run) <= set(ok)
 
 
-def test_ctrl_c_stops_the_whole_search_not_only_its_phase(tmp_path):
-    """Tune ends only the running phase on SIGINT, and the next phase would start: prunenas stops the driver."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_the_whole_search_not_only_its_phase(tmp_path, stop):
+    """Tune ends only the running phase on SIGINT, and the next phase would start: prunenas stops the driver.
+    SIGTERM (``kill``, a scheduler) does the same; Python's default would end it with the run left "running"."""
     run = tmp_path / "run"
     exp = dict(EXPERIMENT, recipe={"name": "fast", "epochs": 3})
     driver = subprocess.Popen([sys.executable, "-m", "prunenas", "search", write(tmp_path, exp), "--out", run,
@@ -114,12 +116,14 @@ def test_ctrl_c_stops_the_whole_search_not_only_its_phase(tmp_path):
     while time.time() < deadline and driver.poll() is None and not (run / "optuna.journal").exists():
         time.sleep(0.5)
     assert driver.poll() is None, "the search finished before it could be interrupted"
-    driver.send_signal(signal.SIGINT)
+    driver.send_signal(stop)
     output, _ = driver.communicate(timeout=120)
     assert driver.returncode == 130, output[-3000:]
     assert f"interrupted: `prunenas resume {run}` continues where it stopped" in output
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     assert not (run / "plan.json").exists() and "phase 2" not in output  # no later phase started
+    if stop == signal.SIGTERM:
+        return
     before = _read_state(run)
     resumed = subprocess.Popen([sys.executable, "-m", "prunenas", "resume", run, "--no-dashboard"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
