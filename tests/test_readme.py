@@ -116,3 +116,26 @@ def test_the_sfp_rerun_numbers_are_its_rows(target):
     text = plain(README)
     for quoted in (proposed, uniform, difference.split(" ", 1)[1]):
         assert plain(quoted) in text, quoted
+
+
+def test_the_distill_table_is_the_committed_reports_verdicts():
+    from prunenas.runs.tables import markdown_comparisons
+
+    lines = markdown_comparisons(collect(RunDir(RESULTS / "fashionmnist-distill-study"))).split("\n\n")[0]
+    expected = [cells(line)[2:] for line in lines.splitlines()[2:]]
+    assert readme_table("**The distillation study**") == expected
+
+
+def test_the_quoted_learning_rate_figures_of_the_distill_study_are_the_rows():
+    rows = [r for r in RunDir(RESULTS / "fashionmnist-distill-study").results.latest().values()
+            if r["status"] == "ok" and (r["phase"] == "eval" or r.get("test_from_weights"))]
+
+    def mean(arm, budget, lr):
+        values = [r["test_acc"] for r in rows if (r["arm"], r["budget"], r["recipe"]["lr"]) == (arm, budget, lr)]
+        assert len(values) == 3
+        return f"{100 * sum(values) / len(values):.2f}%"
+
+    text = plain(README)
+    assert (f"Fine-tuning is best at 0.01 ({mean('finetune', 'finetune', 0.01)}; {mean('finetune', 'finetune', 0.1)} "
+            f"at 0.1), Scratch-E at 0.1 ({mean('proposed', 'scratch-e', 0.1)}; {mean('proposed', 'scratch-e', 0.01)} "
+            "at 0.01)") in text
