@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+from bench_search import timed  # the same wall-clock timer (this folder is on sys.path when run as a script)
 
 
 def experiment(name: str, search: dict, epochs: int, subset: int) -> dict:
@@ -44,14 +43,6 @@ def experiment(name: str, search: dict, epochs: int, subset: int) -> dict:
 def proxy_section(proxy: str, screen: int, promote: int, audit: int) -> dict:
     params = {"batches": 50, "batch_size": 128} if proxy == "adaptive-bn" else {}
     return {"proxy": {"name": proxy, **params}, "screen": screen, "promote": promote, "audit": audit}
-
-
-def timed(cmd: list[str], env: dict) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - start
 
 
 def spread(values: list[float]) -> str:
