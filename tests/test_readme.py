@@ -139,3 +139,28 @@ def test_the_quoted_learning_rate_figures_of_the_distill_study_are_the_rows():
     assert (f"Fine-tuning is best at 0.01 ({mean('finetune', 'finetune', 0.01)}; {mean('finetune', 'finetune', 0.1)} "
             f"at 0.1), Scratch-E at 0.1 ({mean('proposed', 'scratch-e', 0.1)}; {mean('proposed', 'scratch-e', 0.01)} "
             "at 0.01)") in text
+
+
+def test_the_latency_table_is_the_committed_report_and_latency_md():
+    study = "fashionmnist-latency-study"
+    expected = report_rows(study)
+    text = (RESULTS / study / "report" / "latency.md").read_text()
+    measured = {c[0]: (c[4].split()[0], c[5].split()[0]) for c in map(cells, text.splitlines()[2:]) if len(c) == 8}
+    rows = readme_table("**The latency study**")
+    assert len(rows) == len(expected) == len(measured)
+    for row in rows:
+        full = next(c for key, c in expected.items() if key[0] == row[0])
+        without_n = [re.sub(r" \(n=\d+\)$", "", c) for c in full]
+        proposed, uniform = measured[row[0]]
+        assert row == [full[0], full[3], full[4]] + without_n[6:] + [f"{proposed} / {uniform} ms"], row
+
+
+def test_the_latency_studys_calibration_figures_are_its_file():
+    import json
+
+    cal = json.loads((RESULTS / "fashionmnist-latency-study" / "calibration.json").read_text())
+    p, m = cal["predictor"], cal["macs_baseline"]
+    assert (f"median error was {p['median_abs_pct']:.1f}% against {m['median_abs_pct']:.1f}% for the MAC line, but "
+            f"it ranked them better, Kendall τ {p['kendall_tau']:.2f} against {m['kendall_tau']:.2f}, and ordered "
+            f"{100 * p['equal_macs_order_acc']:.0f}% of {p['equal_macs_pairs']} equal-MACs pairs right against "
+            f"{100 * m['equal_macs_order_acc']:.0f}%") in plain(README)

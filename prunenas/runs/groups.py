@@ -93,6 +93,8 @@ def collect(run: RunDir) -> list[Group]:
             row = latest.get(entry["key"])
             if row is None:
                 continue
+            if "twin_error" in entry:  # a twin several proposals share is one row: its error is this proposal's
+                row = {**row, "twin_error": entry["twin_error"]}
             slot = (entry["arm"], entry["budget"])
             if "lr" in entry:  # an lr_grid run
                 by_lr.setdefault(slot, {}).setdefault(entry["lr"], {})[entry["seed"]] = row

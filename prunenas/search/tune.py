@@ -225,6 +225,8 @@ def _phase_evaluate(ctx: Context) -> int:
         for training in evaluation_trials(ctx, proposals[pid], pid, lrs[pid]):
             key = training_key(ctx, training)
             entry = {"arm": training.arm, "budget": training.budget, "seed": training.seed, "key": key}
+            if training.twin_error is not None:  # this proposal's, where a shared twin's row records another's
+                entry["twin_error"] = training.twin_error
             plan.setdefault(pid, []).append({**entry, "lr": training.lr} if exp.lr_grid else entry)
             trainings[key] = training
     ctx.run.write_json("plan.json", {"selected": chosen, "select": exp.select, "proposals": plan})

@@ -227,3 +227,22 @@ def test_phase_3_measures_in_the_driver_and_a_device_that_cannot_leaves_the_run_
     tune._phase_latency(SimpleNamespace(run=run))
     assert f"no latency measured (latency device cuda-torch is not available here); measure later with `prunenas " \
            f"latency measure {run.path}`" in capsys.readouterr().out
+
+
+def test_a_twin_two_proposals_share_reports_each_proposals_own_twin_error(tmp_path):
+    """One uniform network trained once for two latency proposals: its row records the error against the first
+    proposal only; the plan records each proposal's, and the report's groups take that."""
+    other = SPACE.arch([max(1, w // 2) for w in SPACE.upper])
+    run = make_run(tmp_path / "run", target=LATENCY_TARGET, pairs=((NARROW, SPACE.base), (other, SPACE.base)))
+    plan = json.loads((run.path / "plan.json").read_text())
+    for pid, error in (("p0", -0.011), ("p1", -0.029)):
+        for entry in plan["proposals"][pid]:
+            entry["key"] = f"p0-{entry['arm']}-{entry['seed']}" if entry["arm"] == "uniform" else entry["key"]
+            if entry["arm"] == "uniform":
+                entry["twin_error"] = error
+    run.write_json("plan.json", plan)
+    for seed in range(3):  # the shared row, with the first proposal's error
+        row = run.results.latest()[f"p0-uniform-{seed}"]
+        run.results.append({**row, "twin_error": -0.011})
+    errors = {g.pid: g.worst_twin_error("uniform") for g in collect(run)}
+    assert errors == {"p0": -0.011, "p1": -0.029}
