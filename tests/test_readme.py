@@ -164,3 +164,20 @@ def test_the_latency_studys_calibration_figures_are_its_file():
             f"it ranked them better, Kendall τ {p['kendall_tau']:.2f} against {m['kendall_tau']:.2f}, and ordered "
             f"{100 * p['equal_macs_order_acc']:.0f}% of {p['equal_macs_pairs']} equal-MACs pairs right against "
             f"{100 * m['equal_macs_order_acc']:.0f}%") in plain(README)
+
+
+def test_the_proxy_table_is_the_committed_studies_fidelity():
+    from prunenas.runs.screening import proxy_fidelity
+
+    def tau(c):
+        return f"{c['value']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+
+    data = [proxy_fidelity(RunDir(RESULTS / name))
+            for name in ("fashionmnist-proxy-study", "fashionmnist-proxy-spread-study")]
+    expected = [[entry["proxy"]] + [cell for d in data for cell in
+                                    (tau(d["proxies"][i]["audit"]["kendall"]),
+                                     f"{100 * d['proxies'][i]['audit']['top1_regret']:.2f}")]
+                for i, entry in enumerate(data[0]["proxies"])]
+    expected.append(["seed 0 vs seed 1 (ceiling)"] + [c for d in data
+                                                      for c in (tau(d["seed_ceiling"]["audit"]["kendall"]), "-")])
+    assert readme_table("**The proxy studies**") == expected

@@ -23,12 +23,12 @@ from prunenas.runs.tables import comparison_rows
 RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results"
 DISTILL = RESULTS / "fashionmnist-distill-study"
 LATENCY = RESULTS / "fashionmnist-latency-study"
-PROXY = [RESULTS / "fashionmnist-proxy-study"]
+PROXY = [RESULTS / "fashionmnist-proxy-study", RESULTS / "fashionmnist-proxy-spread-study"]
 # study -> (evaluation trainings, search trials)
-STUDIES = {DISTILL: (66, 1), LATENCY: (18, 4), PROXY[0]: (19, 20)}
+STUDIES = {DISTILL: (66, 1), LATENCY: (18, 4), PROXY[0]: (19, 20), PROXY[1]: (20, 20)}
 # proxy study -> distinct networks trained: the equal-MACs screen drew two candidates whose random widths came out
 # the same network (different `low`, same widths), trained once
-PROXY_NETWORKS = {PROXY[0]: 19}
+PROXY_NETWORKS = {PROXY[0]: 19, PROXY[1]: 20}
 T_975 = {2: 4.302653}  # two-sided 95% t quantile by degrees of freedom (3 seeds)
 
 
