@@ -181,3 +181,13 @@ def test_the_proxy_table_is_the_committed_studies_fidelity():
     expected.append(["seed 0 vs seed 1 (ceiling)"] + [c for d in data
                                                       for c in (tau(d["seed_ceiling"]["audit"]["kendall"]), "-")])
     assert readme_table("**The proxy studies**") == expected
+
+
+def test_the_quoted_proxy_throughputs_are_the_benchmarks_file():
+    import json
+
+    rates = {r["proxy"]: r for r in json.loads((RESULTS / "bench_proxies.json").read_text())["throughput"]}
+    text = plain(README)
+    assert f"`adaptive-bn` {rates['adaptive-bn']['per_minute']:.1f} candidates a minute" in text
+    assert (f"`snip` {rates['snip']['per_minute']:.0f}, `synflow` {rates['synflow']['per_minute']:.0f}, "
+            f"`short-train` (200 steps) {rates['short-train']['per_minute']:.1f}") in text
