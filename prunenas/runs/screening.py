@@ -119,19 +119,22 @@ def markdown_fidelity(data: Mapping[str, Any]) -> str:
              "| proxy | candidates | n | Kendall τ [95% CI] | Spearman ρ [95% CI] | top-1 regret |",
              "|---|---|---|---|---|---|"]
     for entry in data["proxies"]:
-        name = entry["proxy"] + (" (fidelity)" if entry["stage"] == "fidelity" else "")
-        for subset, label in (("audit", "audit (unbiased)"), ("trained", "all trained")):
-            f = entry[subset]
-            lines.append(f"| {name} | {label} | {f['n']} | {_correlation(f['kendall'])} | "
-                         f"{_correlation(f['spearman'])} | {format_percent(f['top1_regret'])} |")
+        lines += _table_rows(entry["proxy"] + (" (fidelity)" if entry["stage"] == "fidelity" else ""), entry)
     ceiling = data.get("seed_ceiling")
     if ceiling:
-        name = "seed {} vs seed {} (ceiling)".format(*ceiling["seeds"])
-        for subset, label in (("audit", "audit (unbiased)"), ("trained", "all trained")):
-            f = ceiling[subset]
-            lines.append(f"| {name} | {label} | {f['n']} | {_correlation(f['kendall'])} | "
-                         f"{_correlation(f['spearman'])} | - |")
+        lines += _table_rows("seed {} vs seed {} (ceiling)".format(*ceiling["seeds"]), ceiling)
     return "\n".join(lines)
+
+
+def _table_rows(name: str, entry: Mapping[str, Any]) -> list[str]:
+    """The audit and all-trained rows of one proxy (or of the seed ceiling, which has no top-1 regret)."""
+    out = []
+    for subset, label in (("audit", "audit (unbiased)"), ("trained", "all trained")):
+        f = entry[subset]
+        regret = format_percent(f["top1_regret"]) if "top1_regret" in f else "-"
+        out.append(f"| {name} | {label} | {f['n']} | {_correlation(f['kendall'])} | {_correlation(f['spearman'])} | "
+                   f"{regret} |")
+    return out
 
 
 def fidelity_line(data: Mapping[str, Any]) -> str:

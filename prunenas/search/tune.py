@@ -25,6 +25,7 @@ import signal
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ def _execute(run: RunDir, exp: Experiment, dashboard_url: str | None, log: Path 
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Any:
+def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, a job scheduler stopping the job) stops the search as Ctrl-C does: status
     ``interrupted``, Ray shut down. Python's default would end the driver on the spot, the run left ``running``."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
